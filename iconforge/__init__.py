@@ -1,0 +1,1 @@
+"""iconforge: teach a text-to-image model to draw icons in the bioicons style."""

@@ -1,0 +1,251 @@
+"""Typed, frozen configuration built from params.yaml, validated up front.
+
+Each DVC stage reads only the sections (or keys) it declares in dvc.yaml, via
+`load(<Config class>)`. A wrong value stops the stage before any work with a
+ConfigError naming the key, e.g. `rasterize.size: must be > 0, got -5`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+PARAMS_FILE = Path("params.yaml")
+
+# The licenses of the bioicons folders; anything else in filter.licenses is a typo.
+KNOWN_LICENSES = ("cc-0", "mit", "bsd", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0")
+
+
+class ConfigError(ValueError):
+    """A params.yaml value is missing or invalid; the message names the key."""
+
+
+def _check(ok: bool, key: str, why: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {why}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Section:
+    """Base of the config classes: `section` is the params.yaml top-level key."""
+
+    section: typing.ClassVar[str] = ""
+
+    def key(self, name: str) -> str:
+        return f"{self.section}.{name}"
+
+    def positive(self, *names: str) -> None:
+        for n in names:
+            _check(getattr(self, n) > 0, self.key(n), "must be > 0", getattr(self, n))
+
+    def non_negative(self, *names: str) -> None:
+        for n in names:
+            _check(getattr(self, n) >= 0, self.key(n), "must be >= 0", getattr(self, n))
+
+    def one_of(self, name: str, choices: tuple) -> None:
+        v = getattr(self, name)
+        _check(v in choices, self.key(name), f"must be one of {', '.join(map(str, choices))}", v)
+
+
+@dataclass(frozen=True)
+class FetchConfig(Section):
+    section: typing.ClassVar[str] = "fetch"
+    url: str  # https:// URL, file:// URL or local path (relative to the repo root)
+    sha256: str  # "" = do not verify
+    timeout_s: float
+    retries: int
+
+    def __post_init__(self):
+        _check(bool(self.url.strip()), self.key("url"), "must not be empty", self.url)
+        s = self.sha256.lower()
+        _check(s == "" or (len(s) == 64 and all(c in "0123456789abcdef" for c in s)),
+               self.key("sha256"), "must be empty or 64 hex digits", self.sha256)
+        self.positive("timeout_s")
+        self.non_negative("retries")
+
+
+@dataclass(frozen=True)
+class FilterConfig(Section):
+    section: typing.ClassVar[str] = "filter"
+    licenses: tuple[str, ...]
+    categories_include: tuple[str, ...]  # empty = every category
+    categories_exclude: tuple[str, ...]
+    max_svg_bytes: int
+    drop_embedded_raster: bool
+    val_fraction: float
+    seed: int
+    variants: str  # "all": keep every colour/detail variant; "one": one per group
+
+    def __post_init__(self):
+        for lic in self.licenses:
+            _check(lic in KNOWN_LICENSES, self.key("licenses"),
+                   f"unknown license (known: {', '.join(KNOWN_LICENSES)})", lic)
+        _check(len(self.licenses) > 0, self.key("licenses"), "must name at least one license", self.licenses)
+        self.positive("max_svg_bytes")
+        _check(0 <= self.val_fraction < 1, self.key("val_fraction"), "must be in [0, 1)", self.val_fraction)
+        self.one_of("variants", ("all", "one"))
+
+
+@dataclass(frozen=True)
+class RasterizeConfig(Section):
+    section: typing.ClassVar[str] = "rasterize"
+    size: int
+    margin: float  # fraction of `size` left blank on each side
+    timeout_s: float  # per icon
+    max_memory_mb: int  # per worker process
+    workers: int  # 0 = one per CPU core
+
+    def __post_init__(self):
+        self.positive("size", "timeout_s", "max_memory_mb")
+        _check(0 <= self.margin < 0.5, self.key("margin"), "must be in [0, 0.5)", self.margin)
+        self.non_negative("workers")
+
+
+@dataclass(frozen=True)
+class CaptionConfig(Section):
+    section: typing.ClassVar[str] = "caption"
+    trigger: str
+    template: str  # fields: {trigger} {name} {category}
+
+    def __post_init__(self):
+        try:
+            self.template.format(trigger="t", name="n", category="c")
+        except (KeyError, IndexError, ValueError) as e:
+            raise ConfigError(f"{self.key('template')}: bad placeholder {e} "
+                              f"(allowed: {{trigger}} {{name}} {{category}}), got {self.template!r}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig(Section):
+    section: typing.ClassVar[str] = "model"
+    base: str  # "tiny", a hub id (org/name) or a local diffusers directory
+    revision: str  # pinned hub commit; ignored for tiny and local paths
+
+    def __post_init__(self):
+        b = self.base.strip()
+        ok = b == "tiny" or Path(b).is_dir() or (b.count("/") == 1 and not b.startswith((".", "/")))
+        _check(ok, self.key("base"), "must be 'tiny', a hub id like org/name, or an existing local directory", self.base)
+
+
+@dataclass(frozen=True)
+class TrainConfig(Section):
+    section: typing.ClassVar[str] = "train"
+    seed: int
+    steps: int
+    lr: float
+    rank: int
+    alpha: float
+    batch_size: int
+    grad_accum: int
+    resolution: int
+    mixed_precision: str
+    gradient_checkpointing: bool
+    target_modules: tuple[str, ...]
+    timestep_sampling: str
+    guidance: float  # the guidance embedding value fed to FLUX.1-dev while training
+    caption_dropout: float
+    optimizer: str
+    weight_decay: float
+    lr_scheduler: str
+    warmup_steps: int
+    max_grad_norm: float
+    checkpoint_every: int
+
+    def __post_init__(self):
+        self.positive("steps", "lr", "rank", "alpha", "batch_size", "grad_accum", "resolution",
+                      "checkpoint_every", "max_grad_norm")
+        _check(self.resolution % 16 == 0, self.key("resolution"), "must be a multiple of 16", self.resolution)
+        self.one_of("mixed_precision", ("no", "fp16", "bf16"))
+        self.one_of("timestep_sampling", ("sigmoid", "uniform", "logit_normal"))
+        self.one_of("optimizer", ("adamw", "adamw_fused", "adamw8bit"))
+        self.one_of("lr_scheduler", ("constant", "linear", "cosine"))
+        _check(len(self.target_modules) > 0, self.key("target_modules"), "must not be empty", self.target_modules)
+        _check(0 <= self.caption_dropout < 1, self.key("caption_dropout"), "must be in [0, 1)", self.caption_dropout)
+        self.non_negative("guidance", "weight_decay", "warmup_steps")
+
+
+@dataclass(frozen=True)
+class SampleConfig(Section):
+    section: typing.ClassVar[str] = "sample"
+    prompts: tuple[str, ...]  # user prompts, the trigger phrase is added as in training
+    num_val_prompts: int  # held-out validation captions added to `prompts`
+    seed: int
+    steps: int
+    guidance: float
+    size: int
+
+    def __post_init__(self):
+        self.positive("steps", "size")
+        self.non_negative("num_val_prompts", "guidance")
+        _check(self.size % 16 == 0, self.key("size"), "must be a multiple of 16", self.size)
+        _check(len(self.prompts) + self.num_val_prompts > 0, self.key("prompts"),
+               "need at least one prompt or sample.num_val_prompts > 0", self.prompts)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Section):
+    section: typing.ClassVar[str] = "evaluate"
+    clip_model: str  # open_clip architecture name
+    clip_pretrained: str  # open_clip pretrained tag or a local checkpoint path
+    max_real_images: int  # held-out real icons used as CMMD reference
+
+    def __post_init__(self):
+        self.positive("max_real_images")
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    """Check a YAML value against a field's type, turning lists into tuples."""
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        _check(isinstance(value, list), key, "must be a list", value)
+        (item, _) = typing.get_args(hint)
+        return tuple(_coerce(v, item, key) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    if hint is float:
+        _check(isinstance(value, (int, float)) and not isinstance(value, bool), key, "must be a number", value)
+        return float(value)
+    if hint is int:
+        _check(isinstance(value, int) and not isinstance(value, bool), key, "must be an integer", value)
+        return value
+    if hint is bool:
+        _check(isinstance(value, bool), key, "must be true or false", value)
+        return value
+    if hint is str:
+        _check(isinstance(value, str), key, "must be a string", value)
+        return value
+    raise TypeError(f"unsupported config type {hint} for {key}")
+
+
+def build(cls: type, raw: Any):
+    """Build a Section subclass from the dict under its params.yaml key."""
+    name = cls.section
+    _check(isinstance(raw, dict), name, "must be a mapping in params.yaml", raw)
+    hints = typing.get_type_hints(cls)
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        raise ConfigError(f"{name}.{unknown[0]}: unknown key (known: {', '.join(fields)})")
+    missing = [f for f in fields if f not in raw]
+    if missing:
+        raise ConfigError(f"{name}.{missing[0]}: missing from params.yaml")
+    return cls(**{f: _coerce(raw[f], hints[f], f"{name}.{f}") for f in fields})
+
+
+def read_params(path: Path = PARAMS_FILE) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def load(cls: type, path: Path = PARAMS_FILE):
+    params = read_params(path)
+    if cls.section not in params:
+        raise ConfigError(f"{cls.section}: section missing from {path}")
+    return build(cls, params[cls.section])

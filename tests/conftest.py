@@ -1,0 +1,28 @@
+"""Shared test setup. One torch thread: on a shared 2-core box OpenMP
+oversubscription makes two threads 10-45x slower."""
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "bioicons"
+SAMPLE_ARCHIVE = SHARED / "bioicons-sample.tar.gz"
+FULL_ARCHIVE = SHARED / "bioicons-f3f18b86.tar.gz"
+
+needs_sample = pytest.mark.skipif(not SAMPLE_ARCHIVE.exists(), reason="../shared/bioicons snapshot absent")
+needs_full = pytest.mark.skipif(not FULL_ARCHIVE.exists(), reason="../shared/bioicons full snapshot absent")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    try:
+        import torch
+    except ImportError:
+        return
+    torch.set_num_threads(1)
