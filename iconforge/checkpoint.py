@@ -1,0 +1,86 @@
+"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+
+A checkpoint is a folder models/checkpoints/step-NNNNNNNN/ (written atomically,
+the last KEEP kept) with the adapter weights, the optimizer / LR scheduler /
+grad-scaler states, the RNG states, the loss history and the hash of the
+params it was trained with; a run resumes only from a checkpoint with the same
+hash. Per-step randomness and data order are functions of (seed, step), so a
+resumed run continues bit for bit like an uninterrupted one.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save
+
+from .atomic import atomic_dir
+
+KEEP = 2
+PREFIX = "step-"
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    meta: dict  # params_hash, mlflow run id, loss history...
+    adapter: dict[str, torch.Tensor]
+    state: dict  # optimizer, lr_scheduler, scaler, rng
+
+
+def _dirs(root: Path) -> list[tuple[int, Path]]:
+    found = [(int(p.name[len(PREFIX):]), p) for p in Path(root).glob(f"{PREFIX}*")
+             if p.is_dir() and p.name[len(PREFIX):].isdigit()]
+    return sorted(found)
+
+
+def rng_state() -> dict:
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [kind, torch.from_numpy(key.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def set_rng_state(s: dict) -> None:
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    kind, key, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((kind, key.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(s["python"])
+
+
+def save_checkpoint(root: Path, ckpt: Checkpoint) -> Path:
+    dest = Path(root) / f"{PREFIX}{ckpt.step:08d}"
+    with atomic_dir(dest) as tmp:
+        (tmp / "adapter.safetensors").write_bytes(save(ckpt.adapter))
+        torch.save(ckpt.state, tmp / "state.pt")
+        (tmp / "meta.json").write_text(json.dumps({"step": ckpt.step, **ckpt.meta}, indent=2, sort_keys=True) + "\n",
+                                       encoding="utf-8")
+    for _, old in _dirs(root)[:-KEEP]:
+        shutil.rmtree(old, ignore_errors=True)
+    return dest
+
+
+def latest_checkpoint(root: Path) -> Checkpoint | None:
+    """The newest complete checkpoint under `root`, or None."""
+    found = _dirs(root)
+    if not found:
+        return None
+    step, path = found[-1]
+    meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    meta.pop("step", None)
+    state = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
+    return Checkpoint(step, meta, load_file(path / "adapter.safetensors"), state)
+
+
+def clear_checkpoints(root: Path) -> None:
+    """Drop checkpoints (and leftovers of interrupted writes) of another run; keep other content."""
+    for p in sorted(Path(root).glob(f"{PREFIX}*")) + sorted(Path(root).glob(f".{PREFIX}*")):
+        shutil.rmtree(p, ignore_errors=True)

@@ -1,0 +1,160 @@
+"""Render many SVGs in parallel, each in a worker bounded in time and memory,
+and keep a content-hash cache so a re-run renders only icons that changed.
+
+A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
+worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
+go first (longest-processing-time scheduling) so the slowest icons do not end
+up alone on one core at the end of the run.
+"""
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import hashlib
+import multiprocessing
+import os
+import resource
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pebble import ProcessExpired, ProcessPool
+from tqdm import tqdm
+
+from iconforge.atomic import atomic_dir, write_bytes, write_text
+from iconforge.config import RasterizeConfig
+from iconforge.svg import RENDERER, SANITIZER_VERSION, SvgError, render
+
+
+@dataclass(frozen=True)
+class Outcome:
+    png: bytes | None  # None = rejected
+    reason: str = ""
+    cacheable: bool = True  # False for limits (time, memory, crash): retry next run
+
+
+@dataclass
+class Summary:
+    rendered: int = 0
+    from_cache: int = 0
+    rejects: dict[str, str] = field(default_factory=dict)  # path -> reason
+    evicted: int = 0
+
+    def __str__(self) -> str:
+        kinds = collections.Counter(r.split(":")[0] for r in self.rejects.values())
+        lines = [f"rendered {self.rendered}, from cache {self.from_cache}, rejected {len(self.rejects)}, "
+                 f"cache entries evicted {self.evicted}"]
+        lines += [f"  rejected {n:5d}  {kind}" for kind, n in sorted(kinds.items())]
+        return "\n".join(lines)
+
+
+def cache_key(data: bytes, size: int, margin: float) -> str:
+    h = hashlib.sha256()
+    for part in (RENDERER, SANITIZER_VERSION, str(size), repr(margin)):
+        h.update(part.encode() + b"\0")
+    h.update(data)
+    return h.hexdigest()
+
+
+class RasterCache:
+    """<key>.png for a rendered icon, <key>.reject holding the reason for a rejected one."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def get(self, key: str) -> Path | str | None:
+        """The cached PNG file, the cached reject reason, or None on a miss."""
+        png = self.root / f"{key}.png"
+        if png.exists():
+            return png
+        reject = self.root / f"{key}.reject"
+        return reject.read_text(encoding="utf-8") if reject.exists() else None
+
+    def put(self, key: str, outcome: Outcome) -> None:
+        if outcome.png is not None:
+            write_bytes(self.root / f"{key}.png", outcome.png)
+        elif outcome.cacheable:
+            write_text(self.root / f"{key}.reject", outcome.reason)
+
+    def evict(self, keep: set[str]) -> int:
+        """Delete entries (and stray temp files) this run did not use; returns how many."""
+        stale = [p for p in self.root.iterdir() if p.name.split(".")[0] not in keep]
+        for p in stale:
+            p.unlink()
+        return len(stale)
+
+
+def _limit_memory(max_memory_mb: int) -> None:
+    limit = max_memory_mb * 1024 * 1024
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _render_file(svg_file: str, size: int, margin: float, max_memory_mb: int) -> Outcome:
+    """Runs in a worker process."""
+    try:
+        return Outcome(render(Path(svg_file).read_bytes(), size, margin))
+    except SvgError as e:
+        return Outcome(None, str(e))
+    except MemoryError:
+        return Outcome(None, f"out of memory (limit {max_memory_mb} MB)", cacheable=False)
+    except Exception as e:  # a bug of ours on odd input: record it, do not kill the run
+        return Outcome(None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}", cacheable=False)
+
+
+def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
+              cfg: RasterizeConfig, *, biggest_first: bool = True) -> Summary:
+    """Render raw_dir/<path> to png_dir/<path>.png for every path (relative,
+    '/'-separated); png_dir is replaced atomically. Returns counts and rejects."""
+    for p in paths:  # the paths come from a CSV: never read or write outside the folders
+        if Path(p).is_absolute() or ".." in Path(p).parts:
+            raise ValueError(f"{p}: path must be relative and stay inside {raw_dir}")
+    cache = RasterCache(cache_dir)
+    summary = Summary()
+    keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin) for p in paths}
+    with atomic_dir(png_dir) as out:
+
+        def store(path: str, outcome: Outcome | Path) -> None:
+            dest = out / Path(path).with_suffix(".png")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(outcome, Path):
+                shutil.copyfile(outcome, dest)
+            elif outcome.png is not None:
+                dest.write_bytes(outcome.png)  # inside the atomic directory already
+            else:
+                summary.rejects[path] = outcome.reason
+
+        todo = []
+        for path in paths:
+            hit = cache.get(keys[path])
+            if hit is None:
+                todo.append(path)
+                continue
+            summary.from_cache += 1
+            store(path, hit if isinstance(hit, Path) else Outcome(None, hit))
+        if biggest_first:
+            todo.sort(key=lambda p: (-(raw_dir / p).stat().st_size, p))
+
+        workers = cfg.workers or os.cpu_count() or 1
+        # Workers fork from a clean forkserver, not from this process: their address-space
+        # limit must not count what the caller has mapped (torch alone maps ~3 GB).
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["iconforge.svg"])
+        with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
+                         context=context) as pool:
+            futures = {pool.schedule(_render_file, args=(str(raw_dir / p), cfg.size, cfg.margin, cfg.max_memory_mb),
+                                     timeout=cfg.timeout_s): p for p in todo}
+            for fut in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
+                            desc="rasterize", unit="icon"):
+                path = futures.pop(fut)  # let the future and its PNG bytes be freed
+                try:
+                    outcome = fut.result()
+                except concurrent.futures.TimeoutError:  # pebble killed the worker
+                    outcome = Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
+                except ProcessExpired as e:  # segfault, or killed from outside
+                    outcome = Outcome(None, f"worker crashed (exit code {e.exitcode})", cacheable=False)
+                cache.put(keys[path], outcome)
+                store(path, outcome)
+                summary.rendered += outcome.png is not None
+    summary.evicted = cache.evict(set(keys.values()))
+    return summary

@@ -1,0 +1,55 @@
+"""Stage filter_license: data/raw + data/manifest.csv -> data/filtered.csv (kept rows with
+variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+from iconforge import config
+from iconforge.atomic import write_text
+from iconforge.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, read_notices, render_markdown,
+                                   unmatched_authors)
+from iconforge.selection import MANIFEST_COLUMNS, check_accounted, kind, screen
+from iconforge.tables import read_csv, write_csv
+from iconforge.variants import assign_splits, multi_member_share, one_per_group
+
+RAW = Path("data/raw")
+MANIFEST = Path("data/manifest.csv")
+FILTERED = Path("data/filtered.csv")
+REJECTS = Path("data/filter_rejects.csv")
+CREDITS = Path("data/credits.csv")
+ATTRIBUTION = Path("data/ATTRIBUTION.md")
+
+
+def main() -> None:
+    cfg = config.load(config.FilterConfig)
+    rows = read_csv(MANIFEST, MANIFEST_COLUMNS)
+    kept, rejects = screen(rows, cfg, RAW)
+    kept = assign_splits(kept, cfg.val_fraction, cfg.seed)
+    share = multi_member_share(kept)  # measured before variants: one collapses the groups
+    if cfg.variants == "one":
+        kept, dropped = one_per_group(kept)
+        rejects += dropped
+    check_accounted(rows, kept, rejects)
+    kept.sort(key=lambda r: r["path"])
+    rejects.sort(key=lambda r: r["path"])
+
+    authors = read_authors(RAW)
+    credits = credit_rows(kept, authors)
+    unmatched = unmatched_authors(kept, authors)
+    write_csv(FILTERED, kept, MANIFEST_COLUMNS + ["group", "split"])
+    write_csv(REJECTS, rejects, ["path", "reason"])
+    write_csv(CREDITS, credits, CREDIT_COLUMNS)
+    write_text(ATTRIBUTION, render_markdown(credits, unmatched, read_notices(RAW)))
+
+    splits = Counter(r["split"] for r in kept)
+    print(f"kept {len(kept)} of {len(rows)} icons: {splits['train']} train, {splits['validation']} validation "
+          f"in {len({r['group'] for r in kept})} variant groups ({share:.1%} of kept icons have a variant sibling)")
+    for k, n in sorted(Counter(kind(r["reason"]) for r in rejects).items()):
+        print(f"  rejected {k}: {n}")
+    if unmatched:
+        print(f"  {len(unmatched)} author folders not in authors.json (credited without URL): {', '.join(unmatched)}")
+
+
+if __name__ == "__main__":
+    main()

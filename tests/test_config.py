@@ -1,0 +1,76 @@
+"""params.yaml builds every config; bad values name their key; dvc.yaml
+declares for each stage exactly the params sections/keys it reads."""
+import dataclasses
+import re
+
+import pytest
+import yaml
+
+from iconforge import config
+from tests.conftest import ROOT
+
+ALL = [config.FetchConfig, config.FilterConfig, config.RasterizeConfig, config.CaptionConfig,
+       config.ModelConfig, config.TrainConfig, config.SampleConfig, config.EvaluateConfig]
+
+
+def params():
+    return config.read_params(ROOT / "params.yaml")
+
+
+@pytest.mark.parametrize("cls", ALL, ids=lambda c: c.section)
+def test_default_params_build(cls):
+    cfg = config.build(cls, params()[cls.section])
+    assert dataclasses.is_dataclass(cfg)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        setattr(cfg, dataclasses.fields(cfg)[0].name, None)
+
+
+@pytest.mark.parametrize("section,key,value,message", [
+    ("rasterize", "size", -5, "rasterize.size: must be > 0"),
+    ("filter", "licenses", ["cc-0", "gpl"], "filter.licenses: unknown license"),
+    ("train", "rank", 0, "train.rank: must be > 0"),
+    ("train", "lr", -1e-4, "train.lr: must be > 0"),
+    ("train", "steps", "many", "train.steps: must be an integer"),
+    ("model", "base", "not a model", "model.base:"),
+    ("caption", "template", "{trigger} {colour}", "caption.template: bad placeholder"),
+    ("fetch", "sha256", "abc", "fetch.sha256: must be empty or 64 hex digits"),
+])
+def test_bad_value_names_key(section, key, value, message):
+    cls = next(c for c in ALL if c.section == section)
+    raw = dict(params()[section], **{key: value})
+    with pytest.raises(config.ConfigError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        config.build(cls, raw)
+
+
+def test_unknown_and_missing_keys():
+    raw = dict(params()["train"], rnak=4)
+    with pytest.raises(config.ConfigError, match=r"train\.rnak: unknown key"):
+        config.build(config.TrainConfig, raw)
+    raw = dict(params()["train"])
+    del raw["lr"]
+    with pytest.raises(config.ConfigError, match=r"train\.lr: missing"):
+        config.build(config.TrainConfig, raw)
+
+
+def test_each_stage_declares_the_params_it_reads():
+    """A stage's params list names its own section; so `-S train.rank=32`
+    invalidates train_lora (and downstream through deps) and nothing before it."""
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    declared = {name: set(s.get("params", [])) for name, s in stages.items()}
+    assert declared == {
+        "fetch": {"fetch"},
+        "filter_license": {"filter"},
+        "rasterize": {"rasterize"},
+        "caption": {"caption"},
+        "train_lora": {"model", "train"},
+        "sample": {"sample", "caption.trigger"},
+        "evaluate": {"evaluate"},
+    }
+    # And the stage modules load only config classes of declared sections.
+    sections = {c.__name__: c.section for c in ALL}
+    for name, keys in declared.items():
+        source = (ROOT / "stages" / f"{name}.py").read_text()
+        used = {sections[n] for n in re.findall(r"\b(\w+Config)\b", source) if n in sections}
+        assert used, f"stages/{name}.py loads no config"
+        for section in used:
+            assert any(k == section or k.startswith(section + ".") for k in keys), (name, section)

@@ -1,0 +1,280 @@
+"""train_lora on the tiny preset: params checks, a loadable adapter, byte-stable and
+resumable training, MLflow records. Stage runs are subprocesses with cwd = a tmp repo."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+import yaml
+from PIL import Image, ImageDraw
+from safetensors.torch import load_file, save_file
+
+from iconforge.lora_io import ADAPTER_FILE, add_lora, canonicalize_safetensors, load_adapter_state
+from iconforge.models import load_pipeline
+from iconforge.tracking import resume_run, tracking_uri
+from iconforge.train import batch_indices, sample_sigmas
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+# Small but exercising the whole recipe: accumulation, warmup + cosine, caption dropout, alpha != rank.
+TRAIN = dict(steps=40, resolution=64, batch_size=2, grad_accum=2, rank=4, alpha=8, lr=0.002,
+             mixed_precision="no", gradient_checkpointing=False, checkpoint_every=10, caption_dropout=0.2,
+             lr_scheduler="cosine", warmup_steps=5)
+NAMES = ["cuvette", "flask", "mouse", "cell", "dna", "tube"]
+
+
+def make_repo(path: Path, model=None, **train) -> Path:
+    """A minimal repo: params.yaml and a 6-image captioned train split."""
+    split = path / "data/dataset/train"
+    rows = []
+    for i, name in enumerate(NAMES):
+        im = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
+        ImageDraw.Draw(im).ellipse((8 + 6 * i, 12, 88, 84 - 5 * i), fill=(40 * i, 120, 220 - 35 * i, 255))
+        f = f"cc-0/Lab_apparatus/Servier/{name}.png"
+        (split / f).parent.mkdir(parents=True, exist_ok=True)
+        im.save(split / f)
+        rows.append({"file_name": f, "text": f"bioicons style, {name}, Lab_apparatus"})
+    (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
+              "train": {**PARAMS["train"], **TRAIN, **train}}
+    (path / "params.yaml").write_text(yaml.safe_dump(params))
+    return path
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def stage_env(store: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "MLFLOW_TRACKING_URI": store, "DVC_EXP_NAME": "pytest-exp"}
+    return env
+
+
+def start_stage(cwd: Path, store: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "stages.train_lora"], cwd=cwd, env=stage_env(store),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_stage(cwd: Path, store: str) -> subprocess.CompletedProcess:
+    p = start_stage(cwd, store)
+    out, err = p.communicate(timeout=300)
+    return subprocess.CompletedProcess(p.args, p.returncode, out, err)
+
+
+def adapter_bytes(repo: Path) -> bytes:
+    return (repo / "models/lora" / ADAPTER_FILE).read_bytes()
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, store) -> Path:
+    repo = make_repo(tmp_path_factory.mktemp("a"))
+    r = run_stage(repo, store)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return repo
+
+
+def test_bad_params_fail_before_any_work(tmp_path, store):
+    cases = {"train.rank": dict(train={"rank": 0}), "train.lr": dict(train={"lr": -0.001}),
+             "model.base": dict(model={"base": "nonsense"})}
+    procs = {}
+    for key, c in cases.items():
+        repo = make_repo(tmp_path / key, model=c.get("model"), **c.get("train", {}))
+        procs[key] = (repo, start_stage(repo, store))
+    for key, (repo, p) in procs.items():
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 1, err
+        assert err.startswith(f"train_lora: {key}:") and "Traceback" not in err, err
+        assert not (repo / "models").exists()
+
+
+def test_outputs_and_adapter_loads_into_flux_pipeline(trained):
+    m = json.loads((trained / "metrics/train.json").read_text())
+    assert m["steps"] == 40 and m["effective_batch_size"] == 4 and m["resumed_from_step"] == 0
+    assert m["trainable_params"] > 0 and m["peak_memory_mb"] > 0 and m["images_per_s"] > 0
+    lines = (trained / "metrics/loss.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,lr" and len(lines) == 41
+    assert json.loads((trained / "models/base/base.json").read_text())["kind"] == "tiny"
+
+    pipe = load_pipeline(trained / "models/base")
+    kw = dict(prompt="bioicons style, flask", num_inference_steps=2, height=64, width=64, output_type="np",
+              max_sequence_length=64)
+    base = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+    pipe.load_lora_weights(trained / "models/lora")
+    tuned = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
+    assert abs(tuned - base).max() > 1e-3
+
+
+def _transformer_out(transformer) -> torch.Tensor:
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        return transformer(hidden_states=torch.randn(1, 16, 64, generator=g), timestep=torch.tensor([0.5]),
+                           guidance=torch.tensor([1.0]), pooled_projections=torch.randn(1, 32, generator=g),
+                           encoder_hidden_states=torch.randn(1, 8, 32, generator=g),
+                           txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(16, 3), return_dict=False)[0]
+
+
+def test_alpha_other_than_rank_scales_like_the_peft_model(trained):
+    """Loaded through diffusers, the adapter acts exactly like the trained peft model (alpha 8, rank 4)."""
+    pipe = load_pipeline(trained / "models/base")
+    pipe.load_lora_weights(trained / "models/lora")
+    assert pipe.transformer.peft_config["default_0"].lora_alpha == 8
+    loaded = _transformer_out(pipe.transformer)
+    state = {k.removeprefix("transformer."): v for k, v in load_file(trained / "models/lora" / ADAPTER_FILE).items()}
+    outs = {}
+    for alpha in (8, 4):
+        t = load_pipeline(trained / "models/base").transformer
+        add_lora(t, rank=4, alpha=alpha, target_modules=tuple(PARAMS["train"]["target_modules"]), seed=0)
+        load_adapter_state(t, state)
+        outs[alpha] = _transformer_out(t)
+    assert torch.allclose(loaded, outs[8], atol=1e-6)
+    assert not torch.allclose(loaded, outs[4], atol=1e-4)
+
+
+@pytest.fixture
+def in_process(monkeypatch, store):
+    """Run the stage's main() in this process (no import cost), from a given repo folder."""
+    from accelerate.state import AcceleratorState, GradientState
+    from stages import train_lora
+
+    def run(repo: Path) -> None:
+        monkeypatch.chdir(repo)
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+        train_lora.main()
+    yield run
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+def test_same_params_give_identical_bytes(trained, tmp_path, in_process, capsys):
+    other = make_repo(tmp_path)
+    in_process(other)  # a different process from the one that trained `trained`
+    assert "cache latents" in capsys.readouterr().err  # a fresh repo encodes its data once
+    assert adapter_bytes(other) == adapter_bytes(trained)
+    assert (other / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
+
+
+def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_process, capsys):
+    repo = make_repo(tmp_path)
+    first = repo / "models/checkpoints/step-00000010"
+    p = start_stage(repo, store)
+    deadline = time.monotonic() + 120
+    while not first.exists() and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    p.send_signal(signal.SIGKILL)
+    p.communicate()
+    assert first.exists() and not (repo / "models/lora").exists(), "run was not interrupted mid-training"
+
+    r = run_stage(repo, store)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((repo / "metrics/train.json").read_text())
+    assert m["resumed_from_step"] >= 10 and f"resuming from step {m['resumed_from_step']}" in r.stderr
+    assert adapter_bytes(repo) == adapter_bytes(trained)
+    assert (repo / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
+    steps = sorted(int(d.name.split("-")[1]) for d in (repo / "models/checkpoints").glob("step-*"))
+    assert steps == [30, 40]  # the last two kept
+
+    # Changed params: the checkpoints are not resumed, and the content-keyed cache is reused.
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"].update(steps=12, lr=0.001)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    in_process(repo)
+    err = capsys.readouterr().err
+    assert "not resuming from step 40 (params or data changed)" in err
+    assert "cache latents" not in err and "cache captions" not in err
+    assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_step"] == 0
+
+
+def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store):
+    info = json.loads((trained / "models/run.json").read_text())
+    assert info["tracking_uri"] == store
+    client = mlflow.MlflowClient(store)
+    run = client.get_run(info["run_id"])
+    assert run.info.experiment_id == info["experiment_id"]
+    assert run.data.params["train.rank"] == "4" and run.data.params["model.base"] == "tiny"
+    assert run.data.params["train.target_modules"] == ",".join(PARAMS["train"]["target_modules"])
+    assert run.data.tags["iconforge.stage"] == "train_lora" and run.data.tags["dvc.exp_name"] == "pytest-exp"
+    history = client.get_metric_history(info["run_id"], "loss")
+    assert sorted(m.step for m in history) == list(range(1, 41))
+    assert len(client.get_metric_history(info["run_id"], "images_per_s")) == 40
+    assert [a.path for a in client.list_artifacts(info["run_id"], "lora")] == [f"lora/{ADAPTER_FILE}"]
+
+    # sample/evaluate log into the same run through models/run.json.
+    with resume_run(trained / "models/run.json") as run:
+        assert run.info.run_id == info["run_id"]
+        mlflow.log_metric("eval.probe", 1.0)
+    assert client.get_run(info["run_id"]).data.metrics["eval.probe"] == 1.0
+
+
+def test_default_store_is_sqlite_in_the_repo_root(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert tracking_uri() == f"sqlite:///{tmp_path.resolve()}/mlflow.db"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking_uri() == "http://mlflow.example:5000"
+
+
+def test_data_order_covers_every_example_each_epoch():
+    n, batch = 6, 2
+    order = [i for micro in range(9) for i in batch_indices(7, n, micro, batch)]
+    for epoch in range(3):
+        assert sorted(order[epoch * n:(epoch + 1) * n]) == list(range(n))
+    assert order[:n] != order[n:2 * n]  # reshuffled
+    # Two processes split the stream without overlap.
+    two = [batch_indices(7, n, m, batch, rank, 2) for m in range(3) for rank in (0, 1)]
+    assert [i for b in two for i in b] == order[:12]
+
+
+def test_sigmas_shift_towards_noise_for_bigger_images():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+    from iconforge.tiny import FLUX_SCHEDULER
+    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
+    for scheme in ("sigmoid", "uniform", "logit_normal"):
+        small = sample_sigmas(scheme, 4096, 0.5, sched, torch.Generator().manual_seed(0))
+        big = sample_sigmas(scheme, 4096, 1.15, sched, torch.Generator().manual_seed(0))
+        assert 0 < small.min() and big.max() < 1 and big.mean() > small.mean() + 0.05
+
+
+def test_canonical_safetensors_header(tmp_path):
+    f = tmp_path / "x.safetensors"
+    save_file({"b": torch.ones(3), "a": torch.arange(5.0)}, f, metadata={"z": "1", "format": "pt", "m": "2"})
+    canonicalize_safetensors(f)
+    raw = f.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    assert n % 8 == 0 and list(json.loads(raw[8:8 + n])["__metadata__"]) == ["format", "m", "z"]
+    t = load_file(f)
+    assert torch.equal(t["a"], torch.arange(5.0)) and torch.equal(t["b"], torch.ones(3))
+
+
+def test_unreadable_image_is_skipped_and_recorded(tmp_path):
+    from iconforge.config import ModelConfig
+    from iconforge.latent_cache import build_cache, read_metadata
+    from iconforge.models import resolve_base
+    repo = make_repo(tmp_path)
+    split = repo / "data/dataset/train"
+    (split / "cc-0/Lab_apparatus/Servier/dna.png").write_bytes(b"not a png")
+    info = resolve_base(ModelConfig(base="tiny", revision=""), repo / "models/base")
+    examples, _, skipped = build_cache(read_metadata(split), split, repo / "models/base", json.dumps(info), 32,
+                                       repo / "cache", torch.device("cpu"), torch.float32)
+    assert [s["file"] for s in skipped] == [str(split / "cc-0/Lab_apparatus/Servier/dna.png")]
+    assert "not a readable image" in skipped[0]["reason"]
+    assert sorted(e.file.split("/")[-1] for e in examples) == sorted(f"{n}.png" for n in NAMES if n != "dna")
+
+
+def test_adamw8bit_without_bitsandbytes_is_refused_up_front():
+    import importlib.util
+    from iconforge.config import ConfigError, build, TrainConfig
+    from iconforge.train import preflight
+    if importlib.util.find_spec("bitsandbytes"):
+        pytest.skip("bitsandbytes is installed")
+    cfg = build(TrainConfig, {**PARAMS["train"], "optimizer": "adamw8bit"})
+    with pytest.raises(ConfigError, match="train.optimizer: adamw8bit needs the bitsandbytes package"):
+        preflight(cfg)
