@@ -26,3 +26,19 @@ def _one_torch_thread():
     except ImportError:
         return
     torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def tiny_repo(tmp_path_factory):
+    """A copy of the project as its own git+DVC repo, all seven stages reproduced
+    with demo.yaml's params (tiny preset, sample snapshot) and committed.
+    Shared by several tests: do not modify it; copy it (shutil.copytree) first."""
+    if not SAMPLE_ARCHIVE.exists():
+        pytest.skip("../shared/bioicons snapshot absent")
+    import pipeline_repo
+
+    repo = pipeline_repo.make_repo(tmp_path_factory.mktemp("tiny") / "repo")
+    pipeline_repo.dvc(repo, "repro")
+    pipeline_repo.git(repo, "add", "-A")
+    pipeline_repo.git(repo, "commit", "-q", "-m", "reproduced")
+    return repo
