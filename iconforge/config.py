@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from ruamel.yaml import YAML
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -240,8 +240,10 @@ def build(cls: type, raw: Any):
 
 
 def read_params(path: Path = PARAMS_FILE) -> dict:
+    """params.yaml read as YAML 1.2, like DVC reads and writes it: `dvc exp run -S
+    train.mixed_precision=no` writes a bare `no`, which YAML 1.1 (PyYAML) would read as False."""
     with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
+        return YAML(typ="safe", pure=True).load(f) or {}
 
 
 def load(cls: type, path: Path = PARAMS_FILE):

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from iconforge import config
-from tests.conftest import ROOT
+from conftest import ROOT
 
 ALL = [config.FetchConfig, config.FilterConfig, config.RasterizeConfig, config.CaptionConfig,
        config.ModelConfig, config.TrainConfig, config.SampleConfig, config.EvaluateConfig]
@@ -74,3 +74,11 @@ def test_each_stage_declares_the_params_it_reads():
         assert used, f"stages/{name}.py loads no config"
         for section in used:
             assert any(k == section or k.startswith(section + ".") for k in keys), (name, section)
+
+
+def test_params_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
+    # `dvc exp run -S train.mixed_precision=no` writes a bare `no`: a string in YAML 1.2, False in 1.1.
+    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    text = re.sub(r"mixed_precision: \S+", "mixed_precision: no", text)
+    (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
+    assert config.load(config.TrainConfig, tmp_path / "params.yaml").mixed_precision == "no"

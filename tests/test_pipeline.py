@@ -1,0 +1,135 @@
+"""The whole pipeline through real DVC in a throwaway git+DVC repo (tiny preset,
+sample snapshot): every icon accounted for, a clean `dvc status`, experiments
+that rerun only what their params touch, byte-identical reruns, MLflow runs."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from pipeline_repo import dvc
+
+MODEL_STAGES = {"train_lora", "sample", "evaluate"}
+ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([\w]+)'", output))
+
+
+def digests(root: Path, pattern: str) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.glob(pattern)) if p.is_file()}
+
+
+@pytest.fixture
+def repo(tiny_repo, tmp_path) -> Path:
+    """A private copy of the reproduced pipeline, free to change."""
+    return Path(shutil.copytree(tiny_repo, tmp_path / "repo", symlinks=True))
+
+
+def test_full_pipeline_is_reproduced_within_five_minutes_and_up_to_date(tiny_repo):
+    assert float((tiny_repo.parent / "repro_seconds").read_text()) < 300
+    assert "Data and pipelines are up to date" in dvc(tiny_repo, "status")
+    lock = (tiny_repo / "dvc.lock").read_text(encoding="utf-8")
+    assert all(f"  {stage}:" in lock for stage in ALL_STAGES)
+
+
+def test_every_icon_is_used_or_rejected_with_a_reason(tiny_repo):
+    data = tiny_repo / "data"
+    manifest = {r["path"] for r in rows(data / "manifest.csv")}
+    assert len(manifest) == len(list((data / "raw").rglob("*.svg"))) == 212
+
+    kept = {r["path"]: r for r in rows(data / "filtered.csv")}
+    filter_rejects = {r["path"]: r["reason"] for r in rows(data / "filter_rejects.csv")}
+    assert set(kept) | set(filter_rejects) == manifest and not set(kept) & set(filter_rejects)
+    assert all(reason for reason in filter_rejects.values())
+
+    raster_rejects = {r["path"]: r["reason"] for r in rows(data / "raster_rejects.csv")}
+    pngs = {str(p.relative_to(data / "png").with_suffix(".svg")) for p in (data / "png").rglob("*.png")}
+    assert pngs | set(raster_rejects) == set(kept) and not pngs & set(raster_rejects)
+    assert {raster_rejects[p] for p in raster_rejects if p.endswith("/virus.svg")} == {"empty file"}
+
+    dataset = {split: jsonl(data / "dataset" / split / "metadata.jsonl") for split in ("train", "validation")}
+    assert sum(map(len, dataset.values())) == len(pngs)
+    for split, records in dataset.items():
+        for r in records:
+            assert r["split"] == split and r["text"].startswith("bioicons style, ")
+            image = data / "dataset" / split / r["file_name"]
+            assert image.is_file() and image.with_suffix(".txt").read_text(encoding="utf-8") == r["text"]
+    # No variant group on both sides of the split.
+    groups = {split: {r["group"] for r in records} for split, records in dataset.items()}
+    assert groups["train"] and groups["validation"] and not groups["train"] & groups["validation"]
+
+    # Every kept icon that needs credit is credited, in the CSV and in ATTRIBUTION.md.
+    credits = {r["path"]: r for r in rows(data / "credits.csv")}
+    needing = {p for p, r in kept.items() if r["license"] != "cc-0"}
+    assert needing <= set(credits)
+    attribution = (data / "ATTRIBUTION.md").read_text(encoding="utf-8")
+    assert all(credits[p]["source_url"] in attribution for p in needing)
+
+    metrics = json.loads((tiny_repo / "metrics" / "data.json").read_text(encoding="utf-8"))
+    assert metrics["dataset"]["images"] == len(pngs)
+    assert metrics["dataset"]["by_split"] == {s: len(r) for s, r in dataset.items()}
+
+
+def test_model_outputs_and_mlflow_run(tiny_repo):
+    assert (tiny_repo / "models" / "lora" / "pytorch_lora_weights.safetensors").stat().st_size > 0
+    assert not any((tiny_repo / "models" / "checkpoints").iterdir()), "checkpoints are emptied after success"
+    index = json.loads((tiny_repo / "samples" / "index.json").read_text(encoding="utf-8"))
+    assert (tiny_repo / "samples" / "grid.png").is_file() and len(list((tiny_repo / "samples" / "svg").glob("*.svg")))
+    assert len(index) == len(list((tiny_repo / "samples" / "lora").glob("*.png")))
+    evaluation = json.loads((tiny_repo / "metrics" / "eval.json").read_text(encoding="utf-8"))
+    assert evaluation["smoke"] is True and {"base", "lora", "real"} <= set(evaluation)
+
+    run_info = json.loads((tiny_repo / "models" / "run.json").read_text(encoding="utf-8"))
+    assert run_info["tracking_uri"] == f"sqlite:///{tiny_repo / 'mlflow.db'}"
+    client = mlflow.MlflowClient(run_info["tracking_uri"])
+    run = client.get_run(run_info["run_id"])
+    assert run.data.params["train.rank"] == "16" and run.data.params["model.base"] == "tiny"
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 31))
+    assert any(k.startswith("eval.") for k in run.data.metrics), run.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"lora", "samples"} <= artifacts, artifacts
+
+
+def test_rank_experiment_reruns_only_the_model_stages_and_changes_metrics(repo):
+    out = dvc(repo, "exp", "run", "-n", "rank32", "-S", "train.rank=32")
+    assert ran_stages(out) == MODEL_STAGES, out
+    lock = (repo / "dvc.lock").read_text(encoding="utf-8")
+    assert "rank: 32" in lock
+
+    diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json"))
+    changed = {name for path in diff.values() for name in path}
+    assert "final_loss" in changed and "lora.cmmd" in changed, diff
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    names = {e.get("name") for commit in shown for e in commit.get("experiments") or []}
+    assert "rank32" in names, shown
+
+
+def test_forced_rerun_gives_byte_identical_adapter_and_samples(repo):
+    before = digests(repo, "models/lora/*") | digests(repo, "samples/**/*.png")
+    out = dvc(repo, "repro", "--force", "--single-item", "train_lora", "sample")
+    assert ran_stages(out) == {"train_lora", "sample"}, out
+    assert digests(repo, "models/lora/*") | digests(repo, "samples/**/*.png") == before
+
+
+def test_bad_param_stops_train_lora_naming_the_key(repo):
+    with pytest.raises(AssertionError, match=r"train\.rank: must be > 0"):
+        dvc(repo, "exp", "run", "-S", "train.rank=0")
