@@ -13,9 +13,12 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from pipeline_repo import dvc
+from conftest import FULL_ARCHIVE, needs_full
+from iconforge.config import KNOWN_LICENSES
+from pipeline_repo import dvc, make_repo
 
 MODEL_STAGES = {"train_lora", "sample", "evaluate"}
+FULL_SHA256 = "e9020da5bba55f58af08b97879ec7ddd02e6cba0034047b53a6cd17868f7e46d"
 ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
 
 
@@ -133,3 +136,33 @@ def test_forced_rerun_gives_byte_identical_adapter_and_samples(repo):
 def test_bad_param_stops_train_lora_naming_the_key(repo):
     with pytest.raises(AssertionError, match=r"train\.rank: must be > 0"):
         dvc(repo, "exp", "run", "-S", "train.rank=0")
+
+
+@needs_full
+def test_full_snapshot_data_stages(tmp_path):
+    """The four data stages on the whole library, every license and size allowed
+    (at 256 px to keep CI short: whether an icon renders does not depend on size)."""
+    repo = make_repo(tmp_path / "repo", {
+        "fetch": {"url": str(FULL_ARCHIVE), "sha256": FULL_SHA256},
+        "filter": {"licenses": list(KNOWN_LICENSES), "max_svg_bytes": 10**9},
+        "rasterize": {"size": 256},
+    })
+    out = dvc(repo, "repro", "caption")
+    assert ran_stages(out) == {"fetch", "filter_license", "rasterize", "caption"}, out
+    assert "Data and pipelines are up to date" in dvc(repo, "status", "caption")
+    data = repo / "data"
+    assert len(rows(data / "manifest.csv")) == 2801 and rows(data / "filter_rejects.csv") == []
+    raster_rejects = {r["path"]: r["reason"] for r in rows(data / "raster_rejects.csv")}
+    assert raster_rejects == {f"cc-by-4.0/Viruses/DBCLS/{n}.svg": "empty file"
+                              for n in ("Polyomaviridae", "SARS-CoV-2", "virus")}
+    assert len(list((data / "png").rglob("*.png"))) == 2798
+
+    credits = {r["path"]: r for r in rows(data / "credits.csv")}
+    needing = {r["path"] for r in rows(data / "filtered.csv") if r["license"] != "cc-0"}
+    assert needing <= {p for p, r in credits.items() if r["needs_attribution"] == "true"}
+    assert all(credits[p]["author"] and credits[p]["license_url"] for p in needing)
+
+    metrics = json.loads((repo / "metrics" / "data.json").read_text(encoding="utf-8"))
+    assert metrics["rasterize"] == {"rendered": 2798, "rejected": 3}
+    assert sum(metrics["dataset"]["by_split"].values()) == 2798
+    assert "cc-by-3.0" in out and "validation" in out  # the counts are printed too
