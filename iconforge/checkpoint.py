@@ -1,11 +1,12 @@
-"""Training checkpoints: everything needed to continue a run exactly where it stopped.
+"""Training checkpoints: everything needed to continue an interrupted run exactly where it stopped.
 
 A checkpoint is a folder models/checkpoints/step-NNNNNNNN/ (written atomically,
 the last KEEP kept) with the adapter weights, the optimizer / LR scheduler /
-grad-scaler states, the RNG states, the loss history and the hash of the
-params it was trained with; a run resumes only from a checkpoint with the same
-hash. Per-step randomness and data order are functions of (seed, step), so a
-resumed run continues bit for bit like an uninterrupted one.
+grad-scaler states, the RNG states of every process, the loss history and the
+hash of the params it was trained with; a run resumes only from a checkpoint
+with the same hash. Per-step randomness and data order are functions of
+(seed, step), so a resumed run continues bit for bit like an uninterrupted one.
+Once a run has succeeded its checkpoints are of no use: the folder is emptied.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class Checkpoint:
     step: int
     meta: dict  # params_hash, mlflow run id, loss history...
     adapter: dict[str, torch.Tensor]
-    state: dict  # optimizer, lr_scheduler, scaler, rng
+    state: dict  # optimizer, lr_scheduler, scaler, rng (a list: one rng_state() per process)
 
 
 def _dirs(root: Path) -> list[tuple[int, Path]]:
@@ -80,7 +81,15 @@ def latest_checkpoint(root: Path) -> Checkpoint | None:
     return Checkpoint(step, meta, load_file(path / "adapter.safetensors"), state)
 
 
-def clear_checkpoints(root: Path) -> None:
-    """Drop checkpoints (and leftovers of interrupted writes) of another run; keep other content."""
-    for p in sorted(Path(root).glob(f"{PREFIX}*")) + sorted(Path(root).glob(f".{PREFIX}*")):
-        shutil.rmtree(p, ignore_errors=True)
+def clear_checkpoints(root: Path, keep: tuple[str, ...] = ()) -> None:
+    """Empty `root` (checkpoints, leftovers of interrupted writes, caches) except the entries named
+    in `keep`; the folder itself stays, as DVC tracks it."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for p in sorted(root.iterdir()):
+        if p.name in keep:
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        else:
+            p.unlink()

@@ -10,6 +10,12 @@ embedding, predicts the velocity n - x (MSE loss). Only the LoRA weights train.
 Every random draw of a step comes from a generator seeded by (seed, step), and
 the data order is a function of (seed, epoch), so a run resumed from a
 checkpoint ends byte-identical to an uninterrupted one.
+
+Under `accelerate launch --num_processes N` each process draws its own shard of
+every step (batch_indices(rank, world)) and DDP averages the gradients, so one
+optimizer step sees batch_size * grad_accum * N images. The main process alone
+encodes the data set and writes files and the MLflow run; the others wait for
+it and read what it wrote (the repo must be on a filesystem all processes see).
 """
 from __future__ import annotations
 
@@ -17,10 +23,12 @@ import contextlib
 import functools
 import hashlib
 import json
+import os
 import resource
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import mlflow
@@ -28,6 +36,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
@@ -45,6 +54,13 @@ from .tables import write_csv
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 LOG_EVERY = 10  # steps per MLflow batch write
+# The other processes wait in a collective while the main one downloads the base (~30 GB) and
+# encodes the data set: far longer than NCCL's default 10 min timeout.
+SETUP_TIMEOUT = timedelta(hours=2)
+
+
+class LaunchError(RuntimeError):
+    """The processes were not started the way accelerate needs; the message says what to do."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +88,17 @@ def preflight(cfg: TrainConfig) -> None:
         except ImportError:
             raise ConfigError("train.optimizer: adamw8bit needs the bitsandbytes package "
                               "(pip install bitsandbytes), which is not installed") from None
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """This process's Accelerator; under `accelerate launch` it joins the other processes."""
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=SETUP_TIMEOUT)])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:  # e.g. --multi_gpu without CUDA: N unaware copies would each write
+        raise LaunchError(f"{launched} processes were launched but accelerate joined {acc.num_processes}; "
+                          f"without CUDA set ACCELERATE_USE_CPU=1 to train on CPU processes (gloo)")
+    return acc
 
 
 def _seed(*parts: int) -> int:
@@ -128,19 +155,21 @@ def _stack(entries: list[dict], name: str) -> torch.Tensor:
     return torch.stack([e[name].float() for e in entries])
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths = Paths()) -> dict:
-    """Train the adapter; writes models/lora, checkpoints, metrics and the MLflow run. Returns train.json."""
-    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum)
+def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths = Paths(),
+          acc: Accelerator | None = None) -> dict:
+    """Train the adapter; writes models/lora, metrics and the MLflow run, then empties the checkpoints.
+    Returns train.json's content on the main process, {} on the others."""
+    acc = acc or make_accelerator(cfg)
     main, device, wdtype = acc.is_main_process, acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
     t_start = time.perf_counter()
 
-    # 1. Encode everything once, then only the transformer stays resident.
+    # 1. Encode everything once (main process; the others get the result), then only the transformer stays resident.
     rows = read_metadata(paths.dataset)
     base_id = json.dumps(base_info, sort_keys=True)
-    with acc.main_process_first():
-        examples, empty_key, skipped = build_cache(rows, paths.dataset, paths.base, base_id, cfg.resolution,
-                                                   paths.cache, device, wdtype)
-    for s in skipped:
+    built = build_cache(rows, paths.dataset, paths.base, base_id, cfg.resolution, paths.cache, device,
+                        wdtype) if main else None
+    examples, empty_key, skipped = broadcast_object_list([built])[0]
+    for s in skipped if main else []:
         print(f"train_lora: skipped {s['file']}: {s['reason']}", file=sys.stderr)
     if not examples:
         raise DataError(f"{paths.dataset}: no usable training images")
@@ -154,14 +183,15 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
         transformer.enable_gradient_checkpointing()
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
 
-    # 2. Resume from the last checkpoint of the same params, else start fresh.
+    # 2. Resume from the last checkpoint of the same params (every process loads it), else start fresh.
     phash = params_hash(model_cfg, cfg, base_info, examples, acc.num_processes)
     ckpt = latest_checkpoint(paths.checkpoints)
-    resume = ckpt is not None and ckpt.meta.get("params_hash") == phash and ckpt.step < cfg.steps
+    resume = ckpt is not None and ckpt.meta.get("params_hash") == phash
+    acc.wait_for_everyone()  # all have read it before the main process may delete it
     if ckpt is not None and not resume and main:
-        why = "params or data changed" if ckpt.meta.get("params_hash") != phash else "that run had finished"
-        print(f"train_lora: not resuming from step {ckpt.step} ({why}); starting fresh", file=sys.stderr)
-        clear_checkpoints(paths.checkpoints)
+        print(f"train_lora: not resuming from step {ckpt.step} (params or data changed); starting fresh",
+              file=sys.stderr)
+        clear_checkpoints(paths.checkpoints, keep=(paths.cache.name,))  # the cache is keyed by content
     if resume:
         load_adapter_state(transformer, ckpt.adapter)
     transformer.to(device)
@@ -174,7 +204,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     if resume:
         optimizer.load_state_dict(ckpt.state["optimizer"])
         lr_scheduler.load_state_dict(ckpt.state["lr_scheduler"])
-        set_rng_state(ckpt.state["rng"])
+        set_rng_state(ckpt.state["rng"][acc.process_index])
         start, history, run_id = ckpt.step, [tuple(h) for h in ckpt.meta["history"]], ckpt.meta.get("run_id")
         if main:
             print(f"train_lora: resuming from step {start} ({paths.checkpoints})", file=sys.stderr)
@@ -192,6 +222,9 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     guidance = torch.full((cfg.batch_size,), cfg.guidance, device=device, dtype=torch.float32)
     images_per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
     trainable = sum(p.numel() for p in params)
+    if main:
+        print(f"train_lora: effective batch size {images_per_step} = batch_size {cfg.batch_size} x grad_accum "
+              f"{cfg.grad_accum} x {acc.num_processes} process(es)", file=sys.stderr)
 
     def micro_batch(micro: int):
         g = torch.Generator().manual_seed(_seed(cfg.seed, 0, micro, acc.process_index))
@@ -211,7 +244,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     with contextlib.ExitStack() as stack:
         run = stack.enter_context(tracking.start_run("train_lora", run_id)) if main else None
         if main and not mlflow.get_run(run.info.run_id).data.params:  # a resumed run has them already
-            mlflow.log_params(tracking.flat_params(model_cfg, cfg))
+            mlflow.log_params({**tracking.flat_params(model_cfg, cfg), "train.num_processes": acc.num_processes,
+                               "train.effective_batch_size": images_per_step})
         transformer.train()
         pending: list[tuple[int, dict]] = []
         bar = tqdm(total=cfg.steps, initial=start, desc="train_lora", unit="step", disable=not main)
@@ -238,17 +272,19 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
             pending.append((done, {"loss": loss_v, "lr": lr, "images_per_s": images_per_step / (time.perf_counter() - t0)}))
             bar.update(1)
             bar.set_postfix(loss=f"{loss_v:.4f}")
-            # The final step is checkpointed too: it marks the run finished, so a forced re-run starts fresh.
+            # The final step is checkpointed too: a run killed while writing its outputs resumes with nothing to train.
             checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
             if main and (len(pending) >= LOG_EVERY or checkpoint_now):
                 tracking.log_step_metrics(run.info.run_id, pending)
                 pending = []
-            if main and checkpoint_now:
-                save_checkpoint(paths.checkpoints, Checkpoint(
-                    done, {"params_hash": phash, "run_id": run.info.run_id, "history": history},
-                    adapter_state(acc.unwrap_model(transformer)),
-                    {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
-                     "scaler": acc.scaler.state_dict() if acc.scaler is not None else None, "rng": rng_state()}))
+            if checkpoint_now:
+                rngs = gather_object([rng_state()])  # a collective: every process takes part
+                if main:
+                    save_checkpoint(paths.checkpoints, Checkpoint(
+                        done, {"params_hash": phash, "run_id": run.info.run_id, "history": history},
+                        adapter_state(acc.unwrap_model(transformer)),
+                        {"optimizer": optimizer.state_dict(), "lr_scheduler": lr_scheduler.state_dict(),
+                         "scaler": acc.scaler.state_dict() if acc.scaler is not None else None, "rng": rngs}))
         bar.close()
         loop_s = time.perf_counter() - t_loop
         acc.wait_for_everyone()
@@ -280,4 +316,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
         mlflow.log_artifact(str(adapter), artifact_path="lora")
         mlflow.log_artifact(str(paths.loss_csv), artifact_path="metrics")
         tracking.write_run_json(run, paths.run_json)
+    # Done: the checkpoints and the encoding cache only served to resume; models/lora is the result.
+    clear_checkpoints(paths.checkpoints)
     return metrics

@@ -1,7 +1,8 @@
 """train_lora on the tiny preset: params checks, a loadable adapter, byte-stable and
-resumable training, MLflow records. Stage runs are subprocesses with cwd = a tmp repo."""
+resumable training, checkpoints emptied on success, MLflow records. Stage runs are
+subprocesses with cwd = a tmp repo."""
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,50 +13,18 @@ import mlflow
 import pytest
 import torch
 import yaml
-from PIL import Image, ImageDraw
 from safetensors.torch import load_file, save_file
 
 from iconforge.lora_io import ADAPTER_FILE, add_lora, canonicalize_safetensors, load_adapter_state
 from iconforge.models import load_pipeline
 from iconforge.tracking import resume_run, tracking_uri
 from iconforge.train import batch_indices, sample_sigmas
-
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
-# Small but exercising the whole recipe: accumulation, warmup + cosine, caption dropout, alpha != rank.
-TRAIN = dict(steps=40, resolution=64, batch_size=2, grad_accum=2, rank=4, alpha=8, lr=0.002,
-             mixed_precision="no", gradient_checkpointing=False, checkpoint_every=10, caption_dropout=0.2,
-             lr_scheduler="cosine", warmup_steps=5)
-NAMES = ["cuvette", "flask", "mouse", "cell", "dna", "tube"]
-
-
-def make_repo(path: Path, model=None, **train) -> Path:
-    """A minimal repo: params.yaml and a 6-image captioned train split."""
-    split = path / "data/dataset/train"
-    rows = []
-    for i, name in enumerate(NAMES):
-        im = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
-        ImageDraw.Draw(im).ellipse((8 + 6 * i, 12, 88, 84 - 5 * i), fill=(40 * i, 120, 220 - 35 * i, 255))
-        f = f"cc-0/Lab_apparatus/Servier/{name}.png"
-        (split / f).parent.mkdir(parents=True, exist_ok=True)
-        im.save(split / f)
-        rows.append({"file_name": f, "text": f"bioicons style, {name}, Lab_apparatus"})
-    (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
-              "train": {**PARAMS["train"], **TRAIN, **train}}
-    (path / "params.yaml").write_text(yaml.safe_dump(params))
-    return path
+from train_setup import NAMES, PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def stage_env(store: str) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-           "MLFLOW_TRACKING_URI": store, "DVC_EXP_NAME": "pytest-exp"}
-    return env
 
 
 def start_stage(cwd: Path, store: str) -> subprocess.Popen:
@@ -102,14 +71,10 @@ def test_outputs_and_adapter_loads_into_flux_pipeline(trained):
     lines = (trained / "metrics/loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss,lr" and len(lines) == 41
     assert json.loads((trained / "models/base/base.json").read_text())["kind"] == "tiny"
-
-    pipe = load_pipeline(trained / "models/base")
-    kw = dict(prompt="bioicons style, flask", num_inference_steps=2, height=64, width=64, output_type="np",
-              max_sequence_length=64)
-    base = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
-    pipe.load_lora_weights(trained / "models/lora")
-    tuned = pipe(**kw, generator=torch.Generator().manual_seed(0)).images
-    assert abs(tuned - base).max() > 1e-3
+    # Checkpoints and the encoding cache only serve an interrupted run: emptied once training succeeded.
+    assert (trained / "models/checkpoints").is_dir() and not any((trained / "models/checkpoints").iterdir())
+    assert leftovers(trained) == []
+    assert_adapter_changes_output(trained)
 
 
 def _transformer_out(transformer) -> torch.Tensor:
@@ -155,10 +120,11 @@ def in_process(monkeypatch, store):
 
 def test_same_params_give_identical_bytes(trained, tmp_path, in_process, capsys):
     other = make_repo(tmp_path)
-    in_process(other)  # a different process from the one that trained `trained`
-    assert "cache latents" in capsys.readouterr().err  # a fresh repo encodes its data once
-    assert adapter_bytes(other) == adapter_bytes(trained)
-    assert (other / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
+    for _ in range(2):  # a different process from the one that trained `trained`, then a re-run in place
+        in_process(other)
+        assert "cache latents" in capsys.readouterr().err  # nothing is left over: each run encodes and trains afresh
+        assert adapter_bytes(other) == adapter_bytes(trained)
+        assert (other / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
 
 
 def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_process, capsys):
@@ -171,26 +137,29 @@ def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_proce
     p.send_signal(signal.SIGKILL)
     p.communicate()
     assert first.exists() and not (repo / "models/lora").exists(), "run was not interrupted mid-training"
+    changed = Path(shutil.copytree(repo, tmp_path / "changed"))  # the same interrupted state, for below
 
     r = run_stage(repo, store)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((repo / "metrics/train.json").read_text())
     assert m["resumed_from_step"] >= 10 and f"resuming from step {m['resumed_from_step']}" in r.stderr
+    assert "cache latents" not in r.stderr  # the interrupted run's encodings are reused
     assert adapter_bytes(repo) == adapter_bytes(trained)
     assert (repo / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
-    steps = sorted(int(d.name.split("-")[1]) for d in (repo / "models/checkpoints").glob("step-*"))
-    assert steps == [30, 40]  # the last two kept
+    assert not any((repo / "models/checkpoints").iterdir()) and leftovers(repo) == []
 
     # Changed params: the checkpoints are not resumed, and the content-keyed cache is reused.
-    params = yaml.safe_load((repo / "params.yaml").read_text())
+    resumable = max(int(d.name.split("-")[1]) for d in (changed / "models/checkpoints").glob("step-*"))
+    params = yaml.safe_load((changed / "params.yaml").read_text())
     params["train"].update(steps=12, lr=0.001)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params))
+    (changed / "params.yaml").write_text(yaml.safe_dump(params))
     capsys.readouterr()
-    in_process(repo)
+    in_process(changed)
     err = capsys.readouterr().err
-    assert "not resuming from step 40 (params or data changed)" in err
+    assert f"not resuming from step {resumable} (params or data changed)" in err
     assert "cache latents" not in err and "cache captions" not in err
-    assert json.loads((repo / "metrics/train.json").read_text())["resumed_from_step"] == 0
+    assert json.loads((changed / "metrics/train.json").read_text())["resumed_from_step"] == 0
+    assert not any((changed / "models/checkpoints").iterdir()) and leftovers(changed) == []
 
 
 def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store):
