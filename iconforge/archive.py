@@ -20,6 +20,7 @@ import requests
 from tqdm import tqdm
 
 from iconforge.atomic import atomic_file
+from iconforge.repo_root import repo_root
 
 MAX_BYTES = 2 * 1024**3  # decompressed tar stream; the full bioicons tree is ~0.4 GiB
 MAX_ENTRIES = 100_000  # the full bioicons tree has ~3,200
@@ -44,11 +45,11 @@ def locate(source: str, workdir: Path, timeout_s: float, retries: int) -> Path:
             raise ArchiveError(f"{source}: file:// URL must name a local absolute path")
         path = Path(url2pathname(url.path))
     elif url.scheme == "":
-        path = Path(source)  # relative to the cwd, which is the repo root for stages
+        path = repo_root() / source  # the original repo, also for a queued experiment's temp copy
     else:
         raise ArchiveError(f"{source}: unsupported URL scheme {url.scheme!r} (use https://, file:// or a path)")
     if not path.is_file():
-        raise ArchiveError(f"{source}: archive file not found")
+        raise ArchiveError(f"{source}: archive file not found (looked for {path})")
     return path
 
 

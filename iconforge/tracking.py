@@ -4,7 +4,9 @@ train_lora starts the run and writes models/run.json {tracking_uri,
 experiment_id, run_id}; sample and evaluate log into that same run with
 `resume_run()`. The store is `sqlite:///<repo root>/mlflow.db` unless
 MLFLOW_TRACKING_URI says otherwise; artifacts of a sqlite store go to
-<repo root>/mlartifacts. View with `mlflow ui --backend-store-uri <uri>`.
+<repo root>/mlartifacts. The repo root is the original repository also for
+queued experiments (see repo_root.py), so their runs land beside the workspace
+runs, tagged `dvc.exp_name`. View with `mlflow ui --backend-store-uri <uri>`.
 """
 from __future__ import annotations
 
@@ -22,15 +24,15 @@ from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
 from .atomic import write_json
+from .repo_root import repo_root
 
 EXPERIMENT = "iconforge"
 RUN_JSON = Path("models/run.json")
 
 
 def tracking_uri() -> str:
-    """The MLflow store every stage logs to (stages run with cwd = the repo root)."""
-    uri = os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd().resolve() / 'mlflow.db'}"
+    """The MLflow store every stage logs to: MLFLOW_TRACKING_URI, else mlflow.db in the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
 
 
 def _artifact_location(uri: str) -> str | None:

@@ -105,6 +105,19 @@ def test_relative_path_and_file_url(tmp_path):
     assert (rel_repo / "data/manifest.csv").read_bytes() == (url_repo / "data/manifest.csv").read_bytes()
 
 
+def test_relative_path_is_relative_to_the_original_repo_in_an_experiment_copy(tmp_path, monkeypatch):
+    # A queued `dvc exp run` runs the stage in <repo>/.dvc/tmp/exps/tmpXXXX with DVC_ROOT=<repo>.
+    (tmp_path / "shared").mkdir()
+    make_archive(tmp_path / "shared/src.tar.gz")
+    repo = tmp_path / "repo"
+    copy = repo / ".dvc/tmp/exps/tmp1234"
+    monkeypatch.setenv("DVC_ROOT", str(repo))
+    assert_fetched(copy, run_stage(copy, "../shared/src.tar.gz"))
+    monkeypatch.delenv("DVC_ROOT")
+    with pytest.raises(archive.ArchiveError, match=r"\.\./shared/src\.tar\.gz: archive file not found \(looked for "):
+        run_stage(copy, "../shared/src.tar.gz")
+
+
 def test_missing_file_and_bad_scheme(tmp_path):
     with pytest.raises(archive.ArchiveError, match="nope.tar.gz: archive file not found"):
         archive.locate(str(tmp_path / "nope.tar.gz"), tmp_path, 5, 0)
