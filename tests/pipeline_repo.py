@@ -8,6 +8,7 @@ and any extra overrides, committed, so `dvc repro` / `dvc exp run` work in it.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,15 @@ import yaml
 
 from iconforge import overrides
 from conftest import ROOT, SAMPLE_ARCHIVE
+
+
+MODEL_STAGES = {"train_lora", "sample", "evaluate"}
+ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
+
+
+def ran_stages(dvc_output: str) -> set[str]:
+    """The stages a `dvc repro` / `dvc exp run` actually ran, from its output."""
+    return set(re.findall(r"Running stage '(\w+)'", dvc_output))
 
 
 def env() -> dict[str, str]:

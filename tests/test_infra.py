@@ -23,8 +23,7 @@ from moto.server import ThreadedMotoServer
 
 from conftest import SAMPLE_ARCHIVE
 from iconforge.tracking import tracking_uri
-from pipeline_repo import dvc, git, run
-from test_pipeline import MODEL_STAGES, ran_stages
+from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
 
 # Credentials reach DVC only through the environment, never through a config file.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "iconforge-test-key", "AWS_SECRET_ACCESS_KEY": "iconforge-test-secret",

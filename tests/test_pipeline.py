@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -15,11 +14,9 @@ import pytest
 
 from conftest import FULL_ARCHIVE, needs_full
 from iconforge.config import KNOWN_LICENSES
-from pipeline_repo import dvc, make_repo
+from pipeline_repo import ALL_STAGES, MODEL_STAGES, dvc, make_repo, ran_stages
 
-MODEL_STAGES = {"train_lora", "sample", "evaluate"}
 FULL_SHA256 = "e9020da5bba55f58af08b97879ec7ddd02e6cba0034047b53a6cd17868f7e46d"
-ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
 
 
 def rows(path: Path) -> list[dict]:
@@ -31,10 +28,6 @@ def jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
 
 
-def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w]+)'", output))
-
-
 def digests(root: Path, pattern: str) -> dict[str, str]:
     return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(root.glob(pattern)) if p.is_file()}
@@ -42,8 +35,10 @@ def digests(root: Path, pattern: str) -> dict[str, str]:
 
 @pytest.fixture
 def repo(tiny_repo, tmp_path) -> Path:
-    """A private copy of the reproduced pipeline, free to change."""
-    return Path(shutil.copytree(tiny_repo, tmp_path / "repo", symlinks=True))
+    """A private copy of the reproduced pipeline, free to change (without tiny_repo's
+    MLflow store, whose experiment keeps its artifacts in tiny_repo)."""
+    return Path(shutil.copytree(tiny_repo, tmp_path / "repo", symlinks=True,
+                                ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts")))
 
 
 def test_full_pipeline_is_reproduced_within_five_minutes_and_up_to_date(tiny_repo):
