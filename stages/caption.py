@@ -4,6 +4,7 @@ metrics/data.json."""
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 from iconforge import config
@@ -39,4 +40,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except config.ConfigError as e:  # a clear one-line message naming the key, not a traceback
+        sys.exit(f"caption: {e}")

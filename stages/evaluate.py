@@ -3,17 +3,9 @@ import json
 import sys
 from pathlib import Path
 
-import mlflow
-import torch
-
 from iconforge.atomic import write_json
 from iconforge.config import ConfigError, EvaluateConfig, load
-from iconforge.evaluation import (CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, ClipWeightsError, evaluate, load_clip,
-                                  load_real_images)
-from iconforge.models import BASE_DIR, TINY, ModelError, read_base
-from iconforge.style_metrics import METRICS
 from iconforge.tables import write_csv
-from iconforge.tracking import resume_run
 
 SAMPLES = Path("samples")
 VALIDATION = Path("data/dataset/validation")
@@ -35,6 +27,15 @@ def _flat(d: dict, prefix: str = "eval") -> dict[str, float]:
 
 def main() -> None:
     cfg = load(EvaluateConfig)
+    # Imported only now, so a params typo is reported at once, not after ~15 s of torch/open_clip/mlflow imports.
+    import mlflow
+    import torch
+
+    from iconforge.evaluation import CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip, load_real_images
+    from iconforge.models import BASE_DIR, TINY, read_base
+    from iconforge.style_metrics import METRICS
+    from iconforge.tracking import resume_run
+
     smoke = read_base(BASE_DIR)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
@@ -60,5 +61,12 @@ def main() -> None:
 if __name__ == "__main__":
     try:
         main()
-    except (ConfigError, ModelError, ClipWeightsError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        sys.exit(f"evaluate: {e}")
+    except RuntimeError as e:
+        from iconforge.evaluation import ClipWeightsError  # imported by main() already: costs nothing here
+        from iconforge.models import ModelError
+
+        if not isinstance(e, (ModelError, ClipWeightsError)):
+            raise
         sys.exit(f"evaluate: {e}")

@@ -2,6 +2,7 @@
 variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -52,4 +53,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except config.ConfigError as e:  # a clear one-line message naming the key, not a traceback
+        sys.exit(f"filter_license: {e}")
