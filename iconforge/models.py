@@ -11,14 +11,19 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import FluxPipeline
 from huggingface_hub import constants as hf_constants
 
 from .atomic import atomic_dir, write_json
 from .config import ModelConfig
-from .tiny import build_tiny_pipeline
+
+if TYPE_CHECKING:
+    from diffusers import FluxPipeline
+
+# diffusers and the tiny builder (open_clip, transformers) are imported where used:
+# evaluate needs only read_base, and the imports cost seconds per stage.
 
 BASE_DIR = Path("models/base")
 BASE_JSON = "base.json"
@@ -52,6 +57,8 @@ def download_base(base: str, revision: str) -> Path:
     """Local snapshot folder of a hub pipeline: the HF cache first, then the network."""
     if not os.environ.get("HF_HUB_ETAG_TIMEOUT"):
         hf_constants.HF_HUB_ETAG_TIMEOUT = 5  # fail fast when the hub is unreachable
+    from diffusers import FluxPipeline
+
     rev = revision or None
     try:
         return Path(FluxPipeline.download(base, revision=rev, local_files_only=True))
@@ -85,6 +92,8 @@ def resolve_base(cfg: ModelConfig, out_dir: Path = BASE_DIR) -> dict:
     info = {"base": cfg.base, "kind": kind, "revision": cfg.revision if kind == HUB else ""}
     with atomic_dir(out_dir) as tmp:
         if kind == TINY:
+            from .tiny import build_tiny_pipeline
+
             build_tiny_pipeline().save_pretrained(tmp)
         write_json(tmp / BASE_JSON, info)
     return info
@@ -114,5 +123,7 @@ def load_pipeline(base_dir: Path = BASE_DIR, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, **components) -> FluxPipeline:
     """The base FluxPipeline recorded in `base_dir`, on `device` in `dtype`.
     `components` go to from_pretrained, e.g. transformer=None to skip loading it."""
+    from diffusers import FluxPipeline
+
     source = model_source(base_dir, device)
     return FluxPipeline.from_pretrained(source, dtype=dtype, **components).to(device)
