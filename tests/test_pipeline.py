@@ -91,7 +91,7 @@ def test_model_outputs_and_mlflow_run(tiny_repo):
     assert not any((tiny_repo / "models" / "checkpoints").iterdir()), "checkpoints are emptied after success"
     index = json.loads((tiny_repo / "samples" / "index.json").read_text(encoding="utf-8"))
     assert (tiny_repo / "samples" / "grid.png").is_file() and len(list((tiny_repo / "samples" / "svg").glob("*.svg")))
-    assert len(index) == len(list((tiny_repo / "samples" / "lora").glob("*.png")))
+    assert len(index["samples"]) == len(list((tiny_repo / "samples" / "lora").glob("*.png"))) == 6
     evaluation = json.loads((tiny_repo / "metrics" / "eval.json").read_text(encoding="utf-8"))
     assert evaluation["smoke"] is True and {"base", "lora", "real"} <= set(evaluation)
 
