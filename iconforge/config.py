@@ -19,6 +19,8 @@ PARAMS_FILE = Path("params.yaml")
 
 # The licenses of the bioicons folders; anything else in filter.licenses is a typo.
 KNOWN_LICENSES = ("cc-0", "mit", "bsd", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0")
+# SVG renderers iconforge.svg can draw with.
+RENDERERS = ("cairosvg", "resvg")
 
 
 class ConfigError(ValueError):
@@ -99,11 +101,13 @@ class RasterizeConfig(Section):
     timeout_s: float  # per icon
     max_memory_mb: int  # per worker process
     workers: int  # 0 = one per CPU core
+    renderer: str  # one of RENDERERS
 
     def __post_init__(self):
         self.positive("size", "timeout_s", "max_memory_mb")
         _check(0 <= self.margin < 0.5, self.key("margin"), "must be in [0, 0.5)", self.margin)
         self.non_negative("workers")
+        self.one_of("renderer", RENDERERS)
 
 
 @dataclass(frozen=True)

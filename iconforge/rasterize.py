@@ -4,7 +4,8 @@ and keep a content-hash cache so a re-run renders only icons that changed.
 A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
 go first (longest-processing-time scheduling) so the slowest icons do not end
-up alone on one core at the end of the run.
+up alone on one core at the end of the run. Icons whose mark is white-only are
+flattened onto dark grey (iconforge.svg); the summary lists them.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import multiprocessing
 import os
 import resource
 import shutil
+import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +25,7 @@ from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, write_bytes, write_text
 from iconforge.config import RasterizeConfig
-from iconforge.svg import RENDERER, SANITIZER_VERSION, SvgError, render
+from iconforge.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Outcome:
     png: bytes | None  # None = rejected
     reason: str = ""
     cacheable: bool = True  # False for limits (time, memory, crash): retry next run
+    dark: bool = False  # flattened onto DARK: a white-only mark
 
 
 @dataclass
@@ -38,41 +41,45 @@ class Summary:
     rendered: int = 0
     from_cache: int = 0
     rejects: dict[str, str] = field(default_factory=dict)  # path -> reason
+    dark: list[str] = field(default_factory=list)  # paths rendered onto DARK, sorted
     evicted: int = 0
 
     def __str__(self) -> str:
         kinds = collections.Counter(r.split(":")[0] for r in self.rejects.values())
         lines = [f"rendered {self.rendered}, from cache {self.from_cache}, rejected {len(self.rejects)}, "
-                 f"cache entries evicted {self.evicted}"]
+                 f"on dark grey (white-only mark) {len(self.dark)}, cache entries evicted {self.evicted}"]
         lines += [f"  rejected {n:5d}  {kind}" for kind, n in sorted(kinds.items())]
         return "\n".join(lines)
 
 
-def cache_key(data: bytes, size: int, margin: float) -> str:
+def cache_key(data: bytes, size: int, margin: float, renderer: str) -> str:
     h = hashlib.sha256()
-    for part in (RENDERER, SANITIZER_VERSION, str(size), repr(margin)):
+    for part in (RENDERER_VERSIONS[renderer], SANITIZER_VERSION, str(size), repr(margin)):
         h.update(part.encode() + b"\0")
     h.update(data)
     return h.hexdigest()
 
 
 class RasterCache:
-    """<key>.png for a rendered icon, <key>.reject holding the reason for a rejected one."""
+    """<key>.png for a rendered icon (plus an empty <key>.dark when it is on DARK),
+    <key>.reject holding the reason for a rejected one."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
 
-    def get(self, key: str) -> Path | str | None:
-        """The cached PNG file, the cached reject reason, or None on a miss."""
+    def get(self, key: str) -> tuple[Path, bool] | str | None:
+        """(the cached PNG file, whether it is on DARK), the cached reject reason, or None on a miss."""
         png = self.root / f"{key}.png"
         if png.exists():
-            return png
+            return png, (self.root / f"{key}.dark").exists()
         reject = self.root / f"{key}.reject"
         return reject.read_text(encoding="utf-8") if reject.exists() else None
 
     def put(self, key: str, outcome: Outcome) -> None:
         if outcome.png is not None:
+            if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
+                write_bytes(self.root / f"{key}.dark", b"")
             write_bytes(self.root / f"{key}.png", outcome.png)
         elif outcome.cacheable:
             write_text(self.root / f"{key}.reject", outcome.reason)
@@ -90,16 +97,23 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _render_file(svg_file: str, size: int, margin: float, max_memory_mb: int) -> Outcome:
+def _render_file(svg_file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
     """Runs in a worker process."""
     try:
-        return Outcome(render(Path(svg_file).read_bytes(), size, margin))
+        raster = render(Path(svg_file).read_bytes(), size, margin, renderer)
+        return Outcome(raster.png, dark=raster.background == DARK)
     except SvgError as e:
         return Outcome(None, str(e))
     except MemoryError:
         return Outcome(None, f"out of memory (limit {max_memory_mb} MB)", cacheable=False)
     except Exception as e:  # a bug of ours on odd input: record it, do not kill the run
         return Outcome(None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}", cacheable=False)
+
+
+def _crash_reason(exitcode: int, max_memory_mb: int) -> str:
+    if exitcode == -signal.SIGABRT:  # Rust (resvg) aborts when an allocation fails
+        return f"worker crashed (SIGABRT: out of memory? limit {max_memory_mb} MB)"
+    return f"worker crashed (exit code {exitcode})"
 
 
 def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
@@ -111,10 +125,10 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             raise ValueError(f"{p}: path must be relative and stay inside {raw_dir}")
     cache = RasterCache(cache_dir)
     summary = Summary()
-    keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin) for p in paths}
+    keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin, cfg.renderer) for p in paths}
     with atomic_dir(png_dir) as out:
 
-        def store(path: str, outcome: Outcome | Path) -> None:
+        def store(path: str, outcome: Outcome | Path, dark: bool) -> None:
             dest = out / Path(path).with_suffix(".png")
             dest.parent.mkdir(parents=True, exist_ok=True)
             if isinstance(outcome, Path):
@@ -123,6 +137,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                 dest.write_bytes(outcome.png)  # inside the atomic directory already
             else:
                 summary.rejects[path] = outcome.reason
+            if dark:
+                summary.dark.append(path)
 
         todo = []
         for path in paths:
@@ -131,7 +147,10 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                 todo.append(path)
                 continue
             summary.from_cache += 1
-            store(path, hit if isinstance(hit, Path) else Outcome(None, hit))
+            if isinstance(hit, str):
+                store(path, Outcome(None, hit), False)
+            else:
+                store(path, *hit)
         if biggest_first:
             todo.sort(key=lambda p: (-(raw_dir / p).stat().st_size, p))
 
@@ -142,8 +161,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
         context.set_forkserver_preload(["iconforge.svg"])
         with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
                          context=context) as pool:
-            futures = {pool.schedule(_render_file, args=(str(raw_dir / p), cfg.size, cfg.margin, cfg.max_memory_mb),
-                                     timeout=cfg.timeout_s): p for p in todo}
+            futures = {pool.schedule(_render_file, args=(str(raw_dir / p), cfg.size, cfg.margin, cfg.renderer,
+                                                         cfg.max_memory_mb), timeout=cfg.timeout_s): p for p in todo}
             for fut in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
                             desc="rasterize", unit="icon"):
                 path = futures.pop(fut)  # let the future and its PNG bytes be freed
@@ -151,10 +170,11 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                     outcome = fut.result()
                 except concurrent.futures.TimeoutError:  # pebble killed the worker
                     outcome = Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
-                except ProcessExpired as e:  # segfault, or killed from outside
-                    outcome = Outcome(None, f"worker crashed (exit code {e.exitcode})", cacheable=False)
+                except ProcessExpired as e:  # segfault, Rust abort, or killed from outside
+                    outcome = Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)
                 cache.put(keys[path], outcome)
-                store(path, outcome)
+                store(path, outcome, outcome.dark)
                 summary.rendered += outcome.png is not None
+    summary.dark.sort()
     summary.evicted = cache.evict(set(keys.values()))
     return summary

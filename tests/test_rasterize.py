@@ -14,14 +14,16 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
-from iconforge.config import RasterizeConfig
+from iconforge.config import RENDERERS, RasterizeConfig
 from iconforge.rasterize import rasterize
+from iconforge.svg import DARK
 
 NS = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
 
 
 def square(colour: str) -> str:
-    return f'<svg {NS} viewBox="0 0 10 10"><rect width="10" height="10" fill="{colour}"/></svg>'
+    """A square inset in its viewBox (filling it would be one flat colour: blank)."""
+    return f'<svg {NS} viewBox="0 0 10 10"><rect x="1" y="1" width="8" height="8" fill="{colour}"/></svg>'
 
 
 # 2^29 nested <use> draws: a renderer would run for ages; only the timeout stops it.
@@ -35,15 +37,18 @@ ICONS = {
     "cc-0/Cells/A/blue.svg": square("blue"),
     "cc-0/Cells/B/wide.svg": f'<svg {NS} width="1e9" height="5e8"><rect width="100%" height="100%"/></svg>',
     "mit/Lab/C/green.svg": square("#0f0"),
-    "mit/Lab/C/blank.svg": square("white"),
+    "mit/Lab/C/white.svg": square("white"),  # a white-only mark: rendered on dark grey
+    "mit/Lab/C/blank.svg": square("white").replace("<rect", '<rect opacity="0"'),  # nothing drawn
     "mit/Lab/C/empty.svg": "",
     "mit/Lab/C/truncated.svg": square("red")[:50],
 }
-GOOD = ["cc-0/Cells/A/blue.svg", "cc-0/Cells/A/red.svg", "cc-0/Cells/B/wide.svg", "mit/Lab/C/green.svg"]
+GOOD = ["cc-0/Cells/A/blue.svg", "cc-0/Cells/A/red.svg", "cc-0/Cells/B/wide.svg", "mit/Lab/C/green.svg",
+        "mit/Lab/C/white.svg"]
 
 
 def cfg(**kw) -> RasterizeConfig:
-    return RasterizeConfig(**{"size": 64, "margin": 0.05, "timeout_s": 30, "max_memory_mb": 1024, "workers": 2, **kw})
+    return RasterizeConfig(**{"size": 64, "margin": 0.05, "timeout_s": 30, "max_memory_mb": 1024, "workers": 2,
+                              "renderer": "cairosvg", **kw})
 
 
 def library(root: Path, icons: dict = ICONS) -> list[str]:
@@ -57,12 +62,16 @@ def pngs(png_dir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(png_dir)): p.read_bytes() for p in sorted(png_dir.rglob("*.png"))}
 
 
-def test_renders_good_icons_and_records_rejects(tmp_path):
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_renders_good_icons_and_records_rejects(tmp_path, renderer):
     raw, out = tmp_path / "raw", tmp_path / "png"
-    s = rasterize(library(raw), raw, out, tmp_path / "cache", cfg())
-    assert s.rendered == 4 and s.from_cache == 0
+    s = rasterize(library(raw), raw, out, tmp_path / "cache", cfg(renderer=renderer))
+    assert s.rendered == 5 and s.from_cache == 0
     assert sorted(pngs(out)) == [p.replace(".svg", ".png") for p in GOOD]
     assert Image.open(out / "cc-0/Cells/A/red.png").getpixel((32, 32)) == (255, 0, 0)
+    assert s.dark == ["mit/Lab/C/white.svg"]
+    white = Image.open(out / "mit/Lab/C/white.png")
+    assert white.getpixel((32, 32)) == (255, 255, 255) and white.getpixel((2, 2)) == DARK
     assert {p: r.split(" ")[0] for p, r in s.rejects.items()} == {
         "mit/Lab/C/blank.svg": "blank", "mit/Lab/C/empty.svg": "empty", "mit/Lab/C/truncated.svg": "invalid"}
     assert not list(tmp_path.glob(".png.*"))  # no temp dir left behind
@@ -84,6 +93,7 @@ def test_incremental_rerun_renders_only_what_changed(tmp_path):
     assert again.rendered == 0 and again.from_cache == len(paths)
     assert pngs(out) == first
     assert len(again.rejects) == 3  # rejects come from the cache too, still listed
+    assert again.dark == ["mit/Lab/C/white.svg"]  # and so does the background
 
     (raw / "cc-0/Cells/A/red.svg").write_text(square("#800"))
     changed = rasterize(paths, raw, out, cache, cfg())
@@ -95,16 +105,18 @@ def test_incremental_rerun_renders_only_what_changed(tmp_path):
     # Dropping an icon drops its PNG and evicts its cache entry.
     fewer = rasterize([p for p in paths if "blue" not in p], raw, out, cache, cfg())
     assert fewer.rendered == 0 and fewer.evicted == 1 and "cc-0/Cells/A/blue.png" not in pngs(out)
-    assert len(list(cache.iterdir())) == len(paths) - 1
+    assert len({p.name.split(".")[0] for p in cache.iterdir()}) == len(paths) - 1  # one key per icon
 
 
-def test_size_change_misses_the_cache(tmp_path):
+def test_size_or_renderer_change_misses_the_cache(tmp_path):
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     paths = library(raw)
     rasterize(paths, raw, tmp_path / "a", cache, cfg())
     s = rasterize(paths, raw, tmp_path / "b", cache, cfg(size=32))
-    assert s.rendered == 4 and s.from_cache == 0
+    assert s.rendered == 5 and s.from_cache == 0
     assert Image.open(tmp_path / "b/mit/Lab/C/green.png").size == (32, 32)
+    s = rasterize(paths, raw, tmp_path / "c", cache, cfg(size=32, renderer="resvg"))
+    assert s.rendered == 5 and s.from_cache == 0
 
 
 def test_output_is_identical_across_worker_counts_and_order(tmp_path):
@@ -128,15 +140,28 @@ def test_timeout_kills_a_stuck_icon_and_is_not_cached(tmp_path):
     assert again.from_cache == 1 and "a/bomb.svg" in again.rejects  # retried, not cached
 
 
-def test_memory_limit_rejects_a_memory_hog(tmp_path):
+def test_resvg_refuses_the_use_bomb_quickly(tmp_path):
+    # usvg caps the nodes a document may expand to; the worker's timeout stays the backstop.
+    raw = tmp_path / "raw"
+    paths = library(raw, {"a/bomb.svg": USE_BOMB, "a/ok.svg": square("red")})
+    s = rasterize(paths, raw, tmp_path / "png", tmp_path / "cache", cfg(timeout_s=10, workers=1, renderer="resvg"))
+    assert s.rejects["a/bomb.svg"].startswith("render error: resvg:") and "NodesLimitReached" in s.rejects["a/bomb.svg"]
+    assert s.rendered == 1
+
+
+@pytest.mark.parametrize("renderer, reason", [
+    ("cairosvg", "out of memory (limit 300 MB)"),
+    ("resvg", "worker crashed (SIGABRT: out of memory? limit 300 MB)"),  # Rust aborts on a failed allocation
+])
+def test_memory_limit_rejects_a_memory_hog(tmp_path, renderer, reason):
     buf = io.BytesIO()
     Image.new("1", (12000, 12000)).save(buf, format="PNG")  # 18 KB file, 576 MB once decoded by cairo
     href = "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
     hog = f'<svg {NS} viewBox="0 0 10 10"><image width="10" height="10" xlink:href="{href}"/></svg>'
     raw, cache = tmp_path / "raw", tmp_path / "cache"
     paths = library(raw, {"a/hog.svg": hog, "a/ok.svg": square("red")})
-    s = rasterize(paths, raw, tmp_path / "png", cache, cfg(max_memory_mb=300, workers=1))
-    assert s.rejects == {"a/hog.svg": "out of memory (limit 300 MB)"} and s.rendered == 1
+    s = rasterize(paths, raw, tmp_path / "png", cache, cfg(max_memory_mb=300, workers=1, renderer=renderer))
+    assert s.rejects == {"a/hog.svg": reason} and s.rendered == 1
     assert len(list(cache.iterdir())) == 1  # only ok.svg: a limit is not a property of the icon
 
 
@@ -151,7 +176,8 @@ def stage_repo(tmp_path: Path, raw_src: Path, paths: list[str], size: int) -> Pa
     (repo / "data").mkdir(parents=True)
     shutil.copytree(raw_src, repo / "data/raw")
     (repo / "params.yaml").write_text(
-        f"rasterize:\n  size: {size}\n  margin: 0.05\n  timeout_s: 60\n  max_memory_mb: 2048\n  workers: 0\n")
+        f"rasterize:\n  size: {size}\n  margin: 0.05\n  timeout_s: 60\n  max_memory_mb: 2048\n  workers: 0\n"
+        "  renderer: cairosvg\n")
     with open(repo / "data/filtered.csv", "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["path", "license", "split"])
@@ -164,26 +190,28 @@ def test_stage_writes_pngs_and_sorted_rejects(tmp_path):
     repo = stage_repo(tmp_path, tmp_path / "src", paths, 48)
     r = run_stage(repo)
     assert r.returncode == 0, r.stderr
-    assert "rendered 4, from cache 0, rejected 3" in r.stdout
+    assert "rendered 5, from cache 0, rejected 3, on dark grey (white-only mark) 1" in r.stdout
     with open(repo / "data/raster_rejects.csv", newline="") as f:
         rows = list(csv.reader(f))
     assert rows[0] == ["path", "reason"] and [r[0] for r in rows[1:]] == sorted(set(paths) - set(GOOD))
-    assert len(pngs(repo / "data/png")) == 4 and any((repo / "data/raster_cache").iterdir())
-    assert "rendered 0, from cache 7" in run_stage(repo).stdout
+    assert (repo / "data/raster_backgrounds.csv").read_text() == "path,background\nmit/Lab/C/white.svg,#404040\n"
+    assert len(pngs(repo / "data/png")) == 5 and any((repo / "data/raster_cache").iterdir())
+    assert "rendered 0, from cache 8" in run_stage(repo).stdout
 
 
 @needs_sample
-def test_sample_snapshot_renders_completely(tmp_path):
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_sample_snapshot_renders_completely(tmp_path, renderer):
     with tarfile.open(SAMPLE_ARCHIVE) as tar:
         tar.extractall(tmp_path / "x", filter="data")
     raw = tmp_path / "x/bioicons-sample/static/icons"
     paths = sorted(str(p.relative_to(raw)) for p in raw.rglob("*.svg"))
-    s = rasterize(paths, raw, tmp_path / "png", tmp_path / "cache", cfg(size=64))
+    s = rasterize(paths, raw, tmp_path / "png", tmp_path / "cache", cfg(size=64, renderer=renderer))
     assert s.rejects == {
         "cc-by-4.0/Viruses/DBCLS/Polyomaviridae.svg": "empty file",  # 0-byte files upstream
         "cc-by-4.0/Viruses/DBCLS/SARS-CoV-2.svg": "empty file",
         "cc-by-4.0/Viruses/DBCLS/virus.svg": "empty file",
-        # white-on-transparent logo: invisible once flattened onto white
-        "cc-by-4.0/Chemo-_and_Bioinformatics/Phil-Ewels/nf-core-logo-mono-white.svg": "blank (renders all white)",
     }
-    assert s.rendered == len(paths) - 4 == 208
+    assert s.rendered == len(paths) - 3 == 209
+    # A white-on-transparent logo: invisible on white, so on dark grey.
+    assert s.dark == ["cc-by-4.0/Chemo-_and_Bioinformatics/Phil-Ewels/nf-core-logo-mono-white.svg"]
