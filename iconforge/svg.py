@@ -35,7 +35,7 @@ from PIL import Image, ImageChops
 
 # Bump when sanitize/render change their output: it is part of the cache key.
 # 2: drawn on transparent, white-only marks flattened onto dark grey, blank = nothing visible.
-SANITIZER_VERSION = "2"
+SANITIZER_VERSION = "3"
 # config.RENDERERS -> versions of what draws and encodes the PNG (part of the cache key).
 RENDERER_VERSIONS = {
     "cairosvg": f"cairosvg {cairosvg.__version__}, cairo {cairocffi.cairo_version_string()}, pillow {PIL.__version__}",
@@ -232,6 +232,10 @@ def _flatten(drawing: Image.Image, background: tuple[int, int, int], size: int, 
 
 
 def _draw_cairosvg(root: etree._Element, inner: int) -> Image.Image:
+    # cairo caches fonts per process, and text then renders differently depending on which
+    # icons the worker drew before: start every icon from a clean cache (no cairo object
+    # outlives a render), so a PNG does not depend on the pool's scheduling.
+    cairocffi.cairo.cairo_debug_reset_static_data()
     _inline_uses(root)
     try:
         tree = Tree(bytestring=etree.tostring(root, encoding="utf-8"), url_fetcher=_refuse_fetch)

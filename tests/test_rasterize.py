@@ -215,3 +215,32 @@ def test_sample_snapshot_renders_completely(tmp_path, renderer):
     assert s.rendered == len(paths) - 3 == 209
     # A white-on-transparent logo: invisible on white, so on dark grey.
     assert s.dark == ["cc-by-4.0/Chemo-_and_Bioinformatics/Phil-Ewels/nf-core-logo-mono-white.svg"]
+
+
+# Two text icons of the sample whose cairosvg rendering once depended on which was drawn
+# first in a worker (cairo's per-process font cache), so PNGs varied with pool scheduling.
+TEXT_ICONS = ("cc-0/Genetics/umasstr/AAV_adenovirus.svg", "cc-0/Amino-Acids/B--Gideon-Bergheim/serine_chem.svg")
+ORDER_PROBE = """
+import hashlib, sys
+from pathlib import Path
+from iconforge.svg import render
+for p in sys.argv[2:]:
+    print(hashlib.sha256(render(Path(p).read_bytes(), 128, 0.05, sys.argv[1]).png).hexdigest())
+"""
+
+
+@needs_sample
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_text_icons_render_the_same_whatever_was_drawn_before(tmp_path, renderer):
+    with tarfile.open(SAMPLE_ARCHIVE) as tar:
+        members = [m for m in tar.getmembers() if m.name.endswith(TEXT_ICONS)]
+        tar.extractall(tmp_path, members=members, filter="data")
+    paths = sorted(str(p) for p in tmp_path.rglob("*.svg"))
+    assert len(paths) == 2
+
+    def digests(order: list[str]) -> dict[str, str]:
+        out = subprocess.run([sys.executable, "-c", ORDER_PROBE, renderer, *order], cwd=ROOT, capture_output=True,
+                             text=True, check=True).stdout.split()
+        return dict(zip(order, out))
+
+    assert digests(paths) == digests(paths[::-1])
