@@ -22,8 +22,8 @@ reports seconds per step, images per second and peak GPU memory over
              torch.compile of the transformer blocks, wider LoRA target-module sets.
 
 Prints a markdown table and the a/b ratios; writes everything to --json.
-iconforge/train.py keeps its step inline in train(), so `cached_batch` and
-`train_step` below mirror its loop line for line (same calls, same order).
+Run (a) calls iconforge.train's own `cached_batch` and `train_step`; run (b) builds its
+batch online and feeds it through the same `noisy_inputs` and `train_step`.
 """
 from __future__ import annotations
 
@@ -47,12 +47,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script from anywhere
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,  # noqa: E402
                        FluxTransformer2DModel)
 from diffusers.optimization import get_scheduler  # noqa: E402
-from diffusers.pipelines.flux.pipeline_flux import calculate_shift  # noqa: E402
 from diffusers.training_utils import cast_training_params  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
@@ -60,11 +58,12 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from iconforge.atomic import write_json, write_jsonl  # noqa: E402
 from iconforge.config import ConfigError, TrainConfig, load  # noqa: E402
-from iconforge.latent_cache import MAX_SEQUENCE_LENGTH, build_cache, load_entry, load_image, read_metadata  # noqa: E402
+from iconforge.latent_cache import MAX_SEQUENCE_LENGTH, build_cache, load_image, read_metadata  # noqa: E402
 from iconforge.lora_io import add_lora  # noqa: E402
 from iconforge.models import ALLOW_CPU_ENV  # noqa: E402
 from iconforge.tiny import FLUX_SCHEDULER, FLUX_VAE_SCALING, FLUX_VAE_SHIFT, clip_tokenizer, t5_tokenizer  # noqa: E402
-from iconforge.train import _seed, _stack, batch_indices, make_optimizer, preflight, sample_sigmas  # noqa: E402
+from iconforge.train import (StepContext, _seed, batch_indices, cached_batch, make_optimizer, noisy_inputs,  # noqa: E402
+                             preflight, train_step)
 
 # The real FLUX.1-dev transformer (diffusers' defaults + the guidance embedding of -dev).
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -250,37 +249,13 @@ class Bench:
                                      num_training_steps=cfg.steps)
         transformer, optimizer, lr_scheduler = self.acc.prepare(transformer, optimizer, lr_scheduler)
 
-        res, c = self.cfg.resolution, 16
-        h = w = res // 8  # VAE latent size
-        sc = scheduler.config
-        mu = calculate_shift((h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift,
-                             sc.max_shift)
-        img_ids = FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, self.device, self.dtype)
-        txt_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=self.device, dtype=self.dtype)
-        guidance = torch.full((cfg.batch_size,), cfg.guidance, device=self.device, dtype=torch.float32)
+        res = self.cfg.resolution
+        ctx = StepContext.build(cfg, (16, res // 8, res // 8), scheduler, self.device, self.dtype)  # VAE latent shape
         pixels = [load_image(self.split / r["file_name"], res) for r in self.rows] if run.online else None
 
-        def noisy_inputs(x: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor, g: torch.Generator):
-            """train.py's micro_batch from the latent sample on: noise, sigma, interpolation, 2x2 packing."""
-            n = len(x)
-            noise = torch.randn(x.shape, generator=g)
-            s = sample_sigmas(cfg.timestep_sampling, n, mu, scheduler, g)
-            noisy = (1 - s[:, None, None, None]) * x + s[:, None, None, None] * noise
-            pack = lambda t: FluxPipeline._pack_latents(t, n, c, h, w)  # noqa: E731
-            return (pack(noisy).to(self.device, self.dtype), s.to(self.device, self.dtype),
-                    embeds.to(self.device, self.dtype), pooled.to(self.device, self.dtype),
-                    pack(noise - x).to(self.device))
-
-        def cached_batch(micro: int):
-            """(a) = train.py's micro_batch: latent distribution and embeddings read from the cache."""
-            g = torch.Generator().manual_seed(_seed(cfg.seed, 0, micro, 0))
-            idx = batch_indices(cfg.seed, len(self.examples), micro, cfg.batch_size)
-            lat = [load_entry(self.cache, self.examples[i].image_key) for i in idx]
-            x = _stack(lat, "mean") + _stack(lat, "std") * torch.randn((len(idx), c, h, w), generator=g)
-            drop = (torch.rand(len(idx), generator=g) < cfg.caption_dropout).tolist()
-            txt = [load_entry(self.cache, self.empty_key if d else self.examples[i].text_key)
-                   for i, d in zip(idx, drop)]
-            return noisy_inputs(x, _stack(txt, "prompt_embeds"), _stack(txt, "pooled"), g)
+        def from_cache(micro: int):
+            """(a): iconforge.train's own micro-batch, read from the latent / embedding cache."""
+            return cached_batch(cfg, ctx, self.examples, self.empty_key, self.cache, micro)
 
         @torch.no_grad()
         def online_batch(micro: int):
@@ -292,25 +267,9 @@ class Bench:
             x = (encoders.vae.encode(px).latent_dist.sample(g) - vc.shift_factor) * vc.scaling_factor
             embeds, pooled, _ = encoders.encode_prompt(prompt=[self.rows[i]["text"] for i in idx], prompt_2=None,
                                                        device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH)
-            return noisy_inputs(x.float().cpu(), embeds, pooled, g)
+            return noisy_inputs(cfg, ctx, x.float().cpu(), embeds, pooled, g)
 
-        def train_step(batch) -> float:
-            """The body of train.py's step loop (grad_accum 1)."""
-            hidden, sigma, embeds, pooled, target = batch
-            with self.acc.accumulate(transformer):
-                pred = transformer(hidden_states=hidden, timestep=sigma, guidance=guidance[:len(sigma)],
-                                   pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=txt_ids,
-                                   img_ids=img_ids, return_dict=False)[0]
-                loss = F.mse_loss(pred.float(), target.float())
-                self.acc.backward(loss)
-                if self.acc.sync_gradients:
-                    self.acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-            return self.acc.gather(loss.detach()[None]).mean().item()
-
-        make_batch = online_batch if run.online else cached_batch
+        make_batch = online_batch if run.online else from_cache
         attention = sdpa_kernel([SDPA[run.sdpa]]) if run.sdpa else contextlib.nullcontext()
         transformer.train()
         sync(self.device)
@@ -320,7 +279,8 @@ class Bench:
         with attention:
             for step in range(self.args.warmup + self.args.steps):
                 t = time.perf_counter()
-                losses.append(train_step(make_batch(step)))
+                losses.append(train_step(self.acc, transformer, optimizer, lr_scheduler, params, ctx,
+                                         make_batch(step), cfg.max_grad_norm))
                 sync(self.device)
                 times.append(time.perf_counter() - t)
         timed = times[self.args.warmup:]

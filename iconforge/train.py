@@ -155,6 +155,77 @@ def _stack(entries: list[dict], name: str) -> torch.Tensor:
     return torch.stack([e[name].float() for e in entries])
 
 
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch of one run shares: latent geometry (c, h, w), FLUX's sigma
+    shift mu for that token count, and the position ids, guidance, device and dtype."""
+    c: int
+    h: int
+    w: int
+    mu: float
+    scheduler: FlowMatchEulerDiscreteScheduler
+    img_ids: torch.Tensor
+    txt_ids: torch.Tensor
+    guidance: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, latent_shape: tuple[int, int, int], scheduler: FlowMatchEulerDiscreteScheduler,
+              device: torch.device, dtype: torch.dtype) -> StepContext:
+        c, h, w = latent_shape
+        sc = scheduler.config
+        mu = calculate_shift((h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift,
+                             sc.max_shift)
+        return cls(c, h, w, mu, scheduler, FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, dtype),
+                   torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device, dtype=dtype),
+                   torch.full((cfg.batch_size,), cfg.guidance, device=device, dtype=torch.float32), device, dtype)
+
+
+def noisy_inputs(cfg: TrainConfig, ctx: StepContext, x: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+                 g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Clean latents x -> (packed noisy latents, sigma, embeds, pooled, packed velocity target)."""
+    n = len(x)
+    noise = torch.randn(x.shape, generator=g)
+    s = sample_sigmas(cfg.timestep_sampling, n, ctx.mu, ctx.scheduler, g)
+    noisy = (1 - s[:, None, None, None]) * x + s[:, None, None, None] * noise
+    pack = functools.partial(FluxPipeline._pack_latents, batch_size=n, num_channels_latents=ctx.c,
+                             height=ctx.h, width=ctx.w)
+    return (pack(noisy).to(ctx.device, ctx.dtype), s.to(ctx.device, ctx.dtype), embeds.to(ctx.device, ctx.dtype),
+            pooled.to(ctx.device, ctx.dtype), pack(noise - x).to(ctx.device))
+
+
+def cached_batch(cfg: TrainConfig, ctx: StepContext, examples: list[Example], empty_key: str, cache: Path,
+                 micro: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
+    """Micro-batch `micro` of process `rank`, read from the latent / text-embedding cache:
+    a latent drawn from each image's VAE distribution, its caption (or the empty one)."""
+    g = torch.Generator().manual_seed(_seed(cfg.seed, 0, micro, rank))
+    idx = batch_indices(cfg.seed, len(examples), micro, cfg.batch_size, rank, world)
+    lat = [load_entry(cache, examples[i].image_key) for i in idx]
+    x = _stack(lat, "mean") + _stack(lat, "std") * torch.randn((len(idx), ctx.c, ctx.h, ctx.w), generator=g)
+    drop = (torch.rand(len(idx), generator=g) < cfg.caption_dropout).tolist()
+    txt = [load_entry(cache, empty_key if d else examples[i].text_key) for i, d in zip(idx, drop)]
+    return noisy_inputs(cfg, ctx, x, _stack(txt, "prompt_embeds"), _stack(txt, "pooled"), g)
+
+
+def train_step(acc: Accelerator, transformer, optimizer, lr_scheduler, params: list[torch.nn.Parameter],
+               ctx: StepContext, batch: tuple[torch.Tensor, ...], max_grad_norm: float) -> float:
+    """One micro-batch forward/backward; the optimizer steps when accumulation is complete. Mean loss."""
+    hidden, sigma, embeds, pooled, target = batch
+    with acc.accumulate(transformer):
+        pred = transformer(hidden_states=hidden, timestep=sigma, guidance=ctx.guidance[:len(sigma)],
+                           pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=ctx.txt_ids,
+                           img_ids=ctx.img_ids, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target.float())
+        acc.backward(loss)
+        if acc.sync_gradients:
+            acc.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return acc.gather(loss.detach()[None]).mean().item()
+
+
 def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths = Paths(),
           acc: Accelerator | None = None) -> dict:
     """Train the adapter; writes models/lora, metrics and the MLflow run, then empties the checkpoints.
@@ -214,32 +285,13 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     del ckpt
 
     # 3. Fixed per-run tensors: latent geometry, position ids, FLUX's shift for this token count.
-    c, h, w = load_entry(paths.cache, examples[0].image_key)["mean"].shape
-    sc = scheduler.config
-    mu = calculate_shift((h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift, sc.max_shift)
-    img_ids = FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, wdtype)
-    txt_ids = torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device, dtype=wdtype)
-    guidance = torch.full((cfg.batch_size,), cfg.guidance, device=device, dtype=torch.float32)
+    ctx = StepContext.build(cfg, tuple(load_entry(paths.cache, examples[0].image_key)["mean"].shape), scheduler,
+                            device, wdtype)
     images_per_step = cfg.batch_size * cfg.grad_accum * acc.num_processes
     trainable = sum(p.numel() for p in params)
     if main:
         print(f"train_lora: effective batch size {images_per_step} = batch_size {cfg.batch_size} x grad_accum "
               f"{cfg.grad_accum} x {acc.num_processes} process(es)", file=sys.stderr)
-
-    def micro_batch(micro: int):
-        g = torch.Generator().manual_seed(_seed(cfg.seed, 0, micro, acc.process_index))
-        idx = batch_indices(cfg.seed, len(examples), micro, cfg.batch_size, acc.process_index, acc.num_processes)
-        lat = [load_entry(paths.cache, examples[i].image_key) for i in idx]
-        x = _stack(lat, "mean") + _stack(lat, "std") * torch.randn((len(idx), c, h, w), generator=g)
-        drop = (torch.rand(len(idx), generator=g) < cfg.caption_dropout).tolist()
-        txt = [load_entry(paths.cache, empty_key if d else examples[i].text_key) for i, d in zip(idx, drop)]
-        noise = torch.randn(x.shape, generator=g)
-        s = sample_sigmas(cfg.timestep_sampling, len(idx), mu, scheduler, g)
-        noisy = (1 - s[:, None, None, None]) * x + s[:, None, None, None] * noise
-        pack = functools.partial(FluxPipeline._pack_latents, batch_size=len(idx), num_channels_latents=c,
-                                 height=h, width=w)
-        return (pack(noisy).to(device, wdtype), s.to(device, wdtype), _stack(txt, "prompt_embeds").to(device, wdtype),
-                _stack(txt, "pooled").to(device, wdtype), pack(noise - x).to(device))
 
     with contextlib.ExitStack() as stack:
         run = stack.enter_context(tracking.start_run("train_lora", run_id)) if main else None
@@ -253,19 +305,10 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
         for step in range(start, cfg.steps):
             t0, losses = time.perf_counter(), []
             for k in range(cfg.grad_accum):
-                hidden, sigma, embeds, pooled, target = micro_batch(step * cfg.grad_accum + k)
-                with acc.accumulate(transformer):
-                    pred = transformer(hidden_states=hidden, timestep=sigma, guidance=guidance[:len(sigma)],
-                                       pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=txt_ids,
-                                       img_ids=img_ids, return_dict=False)[0]
-                    loss = F.mse_loss(pred.float(), target.float())
-                    acc.backward(loss)
-                    if acc.sync_gradients:
-                        acc.clip_grad_norm_(params, cfg.max_grad_norm)
-                    optimizer.step()
-                    lr_scheduler.step()
-                    optimizer.zero_grad(set_to_none=True)
-                losses.append(acc.gather(loss.detach()[None]).mean().item())
+                batch = cached_batch(cfg, ctx, examples, empty_key, paths.cache, step * cfg.grad_accum + k,
+                                     acc.process_index, acc.num_processes)
+                losses.append(train_step(acc, transformer, optimizer, lr_scheduler, params, ctx, batch,
+                                         cfg.max_grad_norm))
             done = step + 1
             loss_v, lr = float(np.mean(losses)), float(lr_scheduler.get_last_lr()[0])
             history.append((done, loss_v, lr))
