@@ -32,7 +32,6 @@ import contextlib
 import dataclasses
 import datetime
 import gc
-import json
 import os
 import platform
 import sys

@@ -20,6 +20,7 @@ import requests
 from tqdm import tqdm
 
 from iconforge.atomic import atomic_file
+from iconforge.errors import StageError
 from iconforge.repo_root import repo_root
 
 MAX_BYTES = 2 * 1024**3  # decompressed tar stream; the full bioicons tree is ~0.4 GiB
@@ -31,7 +32,7 @@ BACKOFF_S = 1.0  # first wait between download attempts, doubled each time
 CHUNK = 1 << 20
 
 
-class ArchiveError(Exception):
+class ArchiveError(StageError):
     """The archive is missing, unreachable, corrupt or hostile; the message names it and why."""
 
 

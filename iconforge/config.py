@@ -9,11 +9,13 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ruamel.yaml import YAML
+
+from .errors import StageError
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -23,7 +25,7 @@ KNOWN_LICENSES = ("cc-0", "mit", "bsd", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0"
 RENDERERS = ("cairosvg", "resvg")
 
 
-class ConfigError(ValueError):
+class ConfigError(StageError, ValueError):
     """A params.yaml value is missing or invalid; the message names the key."""
 
 

@@ -21,6 +21,7 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 from tqdm import tqdm
 
+from .errors import InputError, StageError
 from .sampling import evenly_spaced, read_validation
 from .style_metrics import METRICS, style_metrics
 
@@ -32,7 +33,7 @@ SMOKE_NOTE = ("tiny preset: random-weight FLUX and random-weight CLIP. These num
               "sampling and evaluation run end to end; they say nothing about image quality.")
 
 
-class ClipWeightsError(RuntimeError):
+class ClipWeightsError(StageError, RuntimeError):
     """The configured CLIP weights cannot be loaded; the message says what to do."""
 
 
@@ -147,7 +148,7 @@ def load_real_images(validation_dir: Path, max_images: int) -> list[Image.Image]
     metadata = validation_dir / "metadata.jsonl"
     rows = read_validation(metadata)
     if not rows:
-        raise ValueError(f"{metadata}: no held-out images; evaluate compares against them "
+        raise InputError(f"{metadata}: no held-out images; evaluate compares against them "
                          f"(is filter.val_fraction 0?)")
     images = []
     for row in evenly_spaced(rows, max_images):
@@ -156,7 +157,7 @@ def load_real_images(validation_dir: Path, max_images: int) -> list[Image.Image]
             with Image.open(path) as im:
                 images.append(im.copy())
         except OSError as e:
-            raise ValueError(f"{path}: cannot read held-out image ({e})") from e
+            raise InputError(f"{path}: cannot read held-out image ({e})") from e
     return images
 
 

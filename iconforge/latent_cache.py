@@ -23,13 +23,14 @@ from safetensors.torch import load_file, save
 from tqdm import tqdm
 
 from .atomic import write_bytes
+from .errors import StageError
 from .models import model_source
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FluxPipeline's default at inference
 EMPTY_CAPTION = ""
 
 
-class DataError(ValueError):
+class DataError(StageError, ValueError):
     """The training split is missing or malformed; the message names the file."""
 
 

@@ -18,6 +18,7 @@ from huggingface_hub import constants as hf_constants
 
 from .atomic import atomic_dir, write_json
 from .config import ModelConfig
+from .errors import StageError
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -32,7 +33,7 @@ TINY, LOCAL, HUB = "tiny", "local", "hub"
 ALLOW_CPU_ENV = "ICONFORGE_ALLOW_CPU"
 
 
-class ModelError(RuntimeError):
+class ModelError(StageError, RuntimeError):
     """The base model cannot be used here; the message says why and what to do."""
 
 

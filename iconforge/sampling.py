@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from .atomic import write_json
 from .config import SampleConfig
+from .errors import InputError, MissingInput
 from .grid import contact_sheet
 from .trace import png_bytes, trace_svg
 
@@ -61,7 +62,7 @@ def read_validation(metadata: Path) -> list[dict]:
                     row = json.loads(line)
                     rows.append((row["file_name"], row))
                 except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{metadata}:{n}: bad metadata row ({e})") from None
+                    raise InputError(f"{metadata}:{n}: bad metadata row ({e})") from None
     return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
@@ -70,7 +71,7 @@ def build_prompts(cfg: SampleConfig, trigger: str, validation: list[dict]) -> li
     texts = [(with_trigger(trigger, p), "user") for p in cfg.prompts]
     texts += [(c, "validation") for c in evenly_spaced(captions, cfg.num_val_prompts)]
     if not texts:
-        raise ValueError("no prompts: sample.prompts is empty and the validation split has no captions")
+        raise InputError("no prompts: sample.prompts is empty and the validation split has no captions")
     return [Prompt(text, source, cfg.seed + i) for i, (text, source) in enumerate(texts)]
 
 
@@ -92,7 +93,7 @@ def render_base_and_lora(pipe: FluxPipeline, lora_file: Path, prompts: list[Prom
                          cfg: SampleConfig) -> tuple[list[Image.Image], list[Image.Image]]:
     """Bare base first, then the same pipeline with the LoRA loaded: one set of base weights in memory."""
     if not lora_file.is_file():
-        raise FileNotFoundError(f"{lora_file}: missing; run the train_lora stage first")
+        raise MissingInput(f"{lora_file}: missing; run the train_lora stage first")
     base = render(pipe, prompts, cfg, "base")
     pipe.load_lora_weights(str(lora_file), adapter_name=LORA_ADAPTER)
     lora = render(pipe, prompts, cfg, "lora")

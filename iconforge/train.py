@@ -47,6 +47,7 @@ from . import tracking
 from .atomic import write_json
 from .checkpoint import Checkpoint, clear_checkpoints, latest_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import ConfigError, ModelConfig, TrainConfig
+from .errors import StageError
 from .latent_cache import MAX_SEQUENCE_LENGTH, DataError, Example, build_cache, load_entry, read_metadata
 from .lora_io import adapter_state, add_lora, load_adapter_state, save_adapter
 from .models import model_source
@@ -59,7 +60,7 @@ LOG_EVERY = 10  # steps per MLflow batch write
 SETUP_TIMEOUT = timedelta(hours=2)
 
 
-class LaunchError(RuntimeError):
+class LaunchError(StageError, RuntimeError):
     """The processes were not started the way accelerate needs; the message says what to do."""
 
 

@@ -4,13 +4,13 @@ metrics/data.json."""
 from __future__ import annotations
 
 import shutil
-import sys
 from pathlib import Path
 
 from iconforge import config
 from iconforge.atomic import atomic_dir, write_json
 from iconforge.captions import build, metrics, rendered_rows, table
 from iconforge.tables import read_csv
+from iconforge.errors import run_stage
 
 PNG = Path("data/png")
 FILTERED = Path("data/filtered.csv")
@@ -40,7 +40,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except config.ConfigError as e:  # a clear one-line message naming the key, not a traceback
-        sys.exit(f"caption: {e}")
+    run_stage("caption", main)

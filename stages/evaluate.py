@@ -1,11 +1,11 @@
 """Stage evaluate: CLIP score, CMMD and style gaps of samples/ -> metrics/eval.json, metrics/eval_per_prompt.csv."""
 import json
-import sys
 from pathlib import Path
 
 from iconforge.atomic import write_json
-from iconforge.config import ConfigError, EvaluateConfig, load
+from iconforge.config import EvaluateConfig, load
 from iconforge.tables import write_csv
+from iconforge.errors import run_stage
 
 SAMPLES = Path("samples")
 VALIDATION = Path("data/dataset/validation")
@@ -59,14 +59,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"evaluate: {e}")
-    except RuntimeError as e:
-        from iconforge.evaluation import ClipWeightsError  # imported by main() already: costs nothing here
-        from iconforge.models import ModelError
-
-        if not isinstance(e, (ModelError, ClipWeightsError)):
-            raise
-        sys.exit(f"evaluate: {e}")
+    run_stage("evaluate", main)

@@ -1,13 +1,13 @@
 """Stage fetch: the bioicons archive -> data/raw/ (its static/icons/) + data/manifest.csv."""
-import sys
 import tempfile
 from collections import Counter
 from pathlib import Path
 
 from iconforge import archive, manifest
 from iconforge.atomic import atomic_dir
-from iconforge.config import ConfigError, FetchConfig, load
+from iconforge.config import FetchConfig, load
 from iconforge.tables import write_csv
+from iconforge.errors import run_stage
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/manifest.csv")
@@ -30,7 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (archive.ArchiveError, ConfigError) as e:
-        sys.exit(f"fetch: {e}")
+    run_stage("fetch", main)

@@ -2,7 +2,6 @@
 variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
 from __future__ import annotations
 
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from iconforge.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, re
 from iconforge.selection import MANIFEST_COLUMNS, check_accounted, kind, screen
 from iconforge.tables import read_csv, write_csv
 from iconforge.variants import assign_splits, multi_member_share, one_per_group
+from iconforge.errors import run_stage
 
 RAW = Path("data/raw")
 MANIFEST = Path("data/manifest.csv")
@@ -53,7 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except config.ConfigError as e:  # a clear one-line message naming the key, not a traceback
-        sys.exit(f"filter_license: {e}")
+    run_stage("filter_license", main)

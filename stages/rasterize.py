@@ -9,6 +9,7 @@ from iconforge import config
 from iconforge.atomic import atomic_file
 from iconforge.rasterize import rasterize
 from iconforge.svg import DARK
+from iconforge.errors import run_stage
 
 RAW, FILTERED = Path("data/raw"), Path("data/filtered.csv")
 PNG, REJECTS, CACHE = Path("data/png"), Path("data/raster_rejects.csv"), Path("data/raster_cache")
@@ -34,4 +35,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_stage("rasterize", main)

@@ -1,8 +1,8 @@
 """Stage sample: every prompt through the bare base and the LoRA -> samples/ (+ grid to the training's MLflow run)."""
-import sys
 from pathlib import Path
 
-from iconforge.config import CaptionConfig, ConfigError, SampleConfig, load
+from iconforge.config import CaptionConfig, SampleConfig, load
+from iconforge.errors import run_stage
 
 SAMPLES = Path("samples")
 LORA_FILE = Path("models/lora/pytorch_lora_weights.safetensors")
@@ -33,13 +33,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except (ConfigError, FileNotFoundError, ValueError) as e:
-        sys.exit(f"sample: {e}")
-    except RuntimeError as e:
-        from iconforge.models import ModelError  # imported by main() already: costs nothing here
-
-        if not isinstance(e, ModelError):
-            raise
-        sys.exit(f"sample: {e}")
+    run_stage("sample", main)

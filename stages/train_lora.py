@@ -6,27 +6,23 @@ when an interrupted run with the same params left one there; a successful run
 leaves models/checkpoints/ empty. `accelerate launch --num_processes N -m
 stages.train_lora` trains with N processes (see README).
 """
-import sys
 
-from iconforge.config import ConfigError, ModelConfig, TrainConfig, load
+from iconforge.config import ModelConfig, TrainConfig, load
+from iconforge.errors import run_stage
 
 
 def main() -> None:
     model_cfg, train_cfg = load(ModelConfig), load(TrainConfig)
     # Imported only now, so a params typo is reported at once, not after ~10 s of torch/diffusers imports.
-    from iconforge.latent_cache import DataError
-    from iconforge.models import ModelError, read_base, resolve_base
-    from iconforge.train import LaunchError, make_accelerator, preflight, train
+    from iconforge.models import read_base, resolve_base
+    from iconforge.train import make_accelerator, preflight, train
 
-    try:
-        preflight(train_cfg)
-        acc = make_accelerator(train_cfg)
-        with acc.main_process_first():  # one process writes models/base, the others then read it
-            base = resolve_base(model_cfg) if acc.is_main_process else read_base()
-        m = train(model_cfg, train_cfg, base, acc=acc)
-        acc.end_training()
-    except (ConfigError, ModelError, DataError, LaunchError) as e:
-        sys.exit(f"train_lora: {e}")
+    preflight(train_cfg)
+    acc = make_accelerator(train_cfg)
+    with acc.main_process_first():  # one process writes models/base, the others then read it
+        base = resolve_base(model_cfg) if acc.is_main_process else read_base()
+    m = train(model_cfg, train_cfg, base, acc=acc)
+    acc.end_training()
     if m:
         print(f"train_lora: {m['steps']} steps on {m['train_images']} images, effective batch "
               f"{m['effective_batch_size']}, final loss {m['final_loss']:.4f}, {m['seconds_per_step']:.3f} s/step, "
@@ -34,7 +30,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except ConfigError as e:
-        sys.exit(f"train_lora: {e}")
+    run_stage("train_lora", main)

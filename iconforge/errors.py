@@ -1,0 +1,29 @@
+"""Errors a user can act on, and the one way a stage reports them.
+
+A StageError's message names the cause (the params key, the file and what is
+wrong with it); `run_stage` prints it as one line prefixed with the stage name
+and exits 1. Any other exception is a bug and keeps its traceback.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+
+class StageError(Exception):
+    """A problem with params, inputs or the machine that the user can fix."""
+
+
+class InputError(StageError, ValueError):
+    """An input file is malformed or unusable; the message names it."""
+
+
+class MissingInput(StageError, FileNotFoundError):
+    """An input file is missing; the message names it and the stage that writes it."""
+
+
+def run_stage(name: str, main: Callable[[], object]) -> None:
+    try:
+        main()
+    except StageError as e:
+        sys.exit(f"{name}: {e}")
