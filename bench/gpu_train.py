@@ -7,8 +7,8 @@
 Nothing is downloaded: the transformer (19 double + 38 single blocks, 3072 wide),
 T5-XXL, CLIP-L and the VAE are built from their real configs with random weights.
 Every run trains rank-16 LoRA, batch 1, bf16 mixed precision, through the
-project's own pieces (iconforge.train's optimizer, sigma sampling, batch order
-and seeds, iconforge.lora_io.add_lora, iconforge.latent_cache.build_cache) and
+project's own pieces (iconforge.flux.train's setup functions prepare_transformer and
+make_optimizer, its sigma sampling, batch order and seeds, iconforge.flux.latent_cache.build_cache) and
 reports seconds per step, images per second and peak GPU memory over
 --steps timed steps after --warmup untimed ones:
 
@@ -22,7 +22,7 @@ reports seconds per step, images per second and peak GPU memory over
              torch.compile of the transformer blocks, wider LoRA target-module sets.
 
 Prints a markdown table and the a/b ratios; writes everything to --json.
-Run (a) calls iconforge.train's own `cached_batch` and `train_step`; run (b) builds its
+Run (a) calls iconforge.flux.train's own `cached_batch` and `train_step`; run (b) builds its
 batch online and feeds it through the same `noisy_inputs` and `train_step`.
 """
 from __future__ import annotations
@@ -49,20 +49,19 @@ import torch  # noqa: E402
 from accelerate import Accelerator  # noqa: E402
 from diffusers import (AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline,  # noqa: E402
                        FluxTransformer2DModel)
-from diffusers.optimization import get_scheduler  # noqa: E402
-from diffusers.training_utils import cast_training_params  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel  # noqa: E402
 
-from iconforge.atomic import write_json, write_jsonl  # noqa: E402
+from iconforge.atomic import write_json  # noqa: E402
 from iconforge.config import ConfigError, TrainConfig, load  # noqa: E402
-from iconforge.latent_cache import MAX_SEQUENCE_LENGTH, build_cache, load_image, read_metadata  # noqa: E402
-from iconforge.lora_io import add_lora  # noqa: E402
-from iconforge.models import ALLOW_CPU_ENV  # noqa: E402
-from iconforge.tiny import FLUX_SCHEDULER, FLUX_VAE_SCALING, FLUX_VAE_SHIFT, clip_tokenizer, t5_tokenizer  # noqa: E402
-from iconforge.train import (StepContext, _seed, batch_indices, cached_batch, make_optimizer, noisy_inputs,  # noqa: E402
-                             preflight, train_step)
+from iconforge.dataset.imagefolder import read_metadata, write_metadata  # noqa: E402
+from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, build_cache, load_image  # noqa: E402
+from iconforge.flux.models import ALLOW_CPU_ENV  # noqa: E402
+from iconforge.paths import BASE_JSON  # noqa: E402
+from iconforge.flux.tiny import FLUX_SCHEDULER, FLUX_VAE_SCALING, FLUX_VAE_SHIFT, clip_tokenizer, t5_tokenizer  # noqa: E402
+from iconforge.flux.train import (StepContext, _seed, batch_indices, cached_batch, make_optimizer, noisy_inputs,  # noqa: E402
+                                  preflight, prepare_transformer, train_step)
 
 # The real FLUX.1-dev transformer (diffusers' defaults + the guidance embedding of -dev).
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -87,7 +86,7 @@ class Preset:
 
 PRESETS = {
     "flux-dev": Preset(FLUX_DEV, T5_XXL, CLIP_L, FLUX_VAE, resolution=1024, images=8),
-    # The same model classes at iconforge.tiny's widths (transformer, T5, CLIP, VAE).
+    # The same model classes at iconforge.flux.tiny's widths (transformer, T5, CLIP, VAE).
     "smoke": Preset(dict(FLUX_DEV, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
                          joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 6, 6)),
                     dict(T5_XXL, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
@@ -178,7 +177,7 @@ def make_dataset(split: Path, n: int, size: int) -> None:
         d.rectangle((size // 3, size // 3, size // 2 + i, size // 2), fill=(255, 255, 255, 255))
         im.save(split / f"icon-{i}.png")
         rows.append({"file_name": f"icon-{i}.png", "text": f"bioicons style, icon number {i}, category {i % 3}"})
-    write_jsonl(split / "metadata.jsonl", rows)
+    write_metadata(split, rows)
 
 
 def sync(device: str) -> None:
@@ -207,7 +206,7 @@ class Bench:
         and let the project's build_cache encode them once, as train_lora does."""
         t = time.perf_counter()
         build_encoders(self.p, self.device, self.dtype).save_pretrained(self.base / "pipe")
-        write_json(self.base / "base.json", {"base": str(self.base / "pipe"), "kind": "local", "revision": ""})
+        write_json(self.base / BASE_JSON, {"base": str(self.base / "pipe"), "kind": "local", "revision": ""})
         free(self.acc)
         make_dataset(self.split, self.p.images, self.p.resolution)
         save_s = time.perf_counter() - t
@@ -233,19 +232,11 @@ class Bench:
             encoders = FluxPipeline.from_pretrained(self.base / "pipe", transformer=None, dtype=self.dtype)
             encoders.to(self.device)
         transformer = build_transformer(self.p, self.device, self.dtype)
-        # As iconforge.train.train(): frozen base, fresh adapter, fp32 LoRA weights.
-        transformer.requires_grad_(False)
-        add_lora(transformer, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
-        cast_training_params(transformer, torch.float32)
-        if cfg.gradient_checkpointing:
-            transformer.enable_gradient_checkpointing()
+        params = prepare_transformer(transformer, cfg)  # as train_lora's setup: frozen base, fp32 adapter
         if run.compile:
             transformer.compile_repeated_blocks(backend=self.args.compile_backend)
         scheduler = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
-        params = [p for p in transformer.parameters() if p.requires_grad]
-        optimizer = make_optimizer(cfg, params)
-        lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                     num_training_steps=cfg.steps)
+        optimizer, lr_scheduler = make_optimizer(cfg, params)
         transformer, optimizer, lr_scheduler = self.acc.prepare(transformer, optimizer, lr_scheduler)
 
         res = self.cfg.resolution
@@ -253,7 +244,7 @@ class Bench:
         pixels = [load_image(self.split / r["file_name"], res) for r in self.rows] if run.online else None
 
         def from_cache(micro: int):
-            """(a): iconforge.train's own micro-batch, read from the latent / embedding cache."""
+            """(a): iconforge.flux.train's own micro-batch, read from the latent / embedding cache."""
             return cached_batch(cfg, ctx, self.examples, self.empty_key, self.cache, micro)
 
         @torch.no_grad()
@@ -285,7 +276,7 @@ class Bench:
         timed = times[self.args.warmup:]
         out = {"status": "ok", "seconds_per_step": fmean(timed), "median_seconds_per_step": median(timed),
                "images_per_s": cfg.batch_size / fmean(timed), "first_step_s": times[0],
-               "trainable_params": sum(p.numel() for p in params), "final_loss": losses[-1],
+               "trainable_params": sum(p.numel() for p in params), "final_loss": float(losses[-1]),
                "gradient_checkpointing": cfg.gradient_checkpointing, "optimizer": cfg.optimizer,
                "target_modules": list(cfg.target_modules)}
         if self.device == "cuda":

@@ -46,6 +46,7 @@ import yaml  # noqa: E402
 
 import pipeline_repo  # noqa: E402  (its conftest import sets one torch thread and HF offline)
 from conftest import SAMPLE_ARCHIVE  # noqa: E402
+from iconforge import paths  # noqa: E402
 from iconforge.atomic import write_json  # noqa: E402
 
 HEAVY = {"torch": "import torch", "diffusers FluxPipeline": "from diffusers import FluxPipeline",
@@ -55,8 +56,10 @@ HEAVY = {"torch": "import torch", "diffusers FluxPipeline": "from diffusers impo
 PACKAGES = ("torch", "diffusers", "transformers", "open_clip", "mlflow", "accelerate", "peft", "requests",
             "cairosvg")
 # Outputs hashed, in pipeline order, so the first one that differs names the stage that diverged.
-OUTPUTS = {"data/manifest.csv": "", "data/filtered.csv": "", "data/png": "**/*", "data/dataset": "**/*",
-           "models/lora": "**/*", "samples (png)": "**/*.png", "samples (all)": "**/*", "metrics/eval.json": ""}
+OUTPUTS = {str(p) + label: (p, pattern) for p, label, pattern in [
+    (paths.MANIFEST, "", ""), (paths.FILTERED, "", ""), (paths.PNG, "", "**/*"), (paths.DATASET, "", "**/*"),
+    (paths.LORA, "", "**/*"), (paths.SAMPLES, " (png)", "**/*.png"), (paths.SAMPLES, " (all)", "**/*"),
+    (paths.EVAL_METRICS, "", "")]}
 
 
 def loadavg() -> str:
@@ -145,8 +148,8 @@ def tree_hash(root: Path, pattern: str) -> str:
 
 def output_hashes(repo: Path) -> dict[str, str]:
     out = {}
-    for k, pattern in OUTPUTS.items():
-        path = repo / k.split(" ")[0]
+    for k, (rel, pattern) in OUTPUTS.items():
+        path = repo / rel
         out[k] = tree_hash(path, pattern) if pattern else hashlib.sha256(path.read_bytes()).hexdigest()[:16]
     return out
 

@@ -4,7 +4,7 @@
 
 In one run, on the same extracted files and the same machine:
   1. baseline: a plain sequential loop, cairosvg.svg2png(raw bytes) at size x size;
-  2. iconforge.rasterize with each renderer (params.yaml's rasterize section otherwise),
+  2. iconforge.dataset.rasterize with each renderer (params.yaml's rasterize section otherwise),
      all cores, cold cache; time, ratio to the baseline, rejects;
   3. the incremental re-run after one icon changed, with each renderer;
   4. how many icons each renderer draws correctly: rendered (no error, not blank) and
@@ -34,8 +34,8 @@ import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from iconforge.config import RENDERERS, RasterizeConfig, load  # noqa: E402
-from iconforge.rasterize import rasterize  # noqa: E402
-from iconforge.svg import RENDERER_VERSIONS  # noqa: E402
+from iconforge.dataset.rasterize import rasterize  # noqa: E402
+from iconforge.dataset.svg import RENDERER_VERSIONS  # noqa: E402
 
 FULL = ROOT.parent / "shared/bioicons/bioicons-f3f18b86.tar.gz"
 AGREE = 5.0  # mean |diff| (0-255) below which two renderings count as the same picture...
@@ -135,7 +135,7 @@ def main() -> None:
         for name in RENDERERS:
             seconds, s = timed_rasterize(raw, paths, tmp / name, replace(cfg, renderer=name))
             runs[name] = s
-            print(f"2. iconforge.rasterize, {name}, {os.cpu_count()} workers, cold cache: {seconds:8.1f} s  "
+            print(f"2. iconforge.dataset.rasterize, {name}, {os.cpu_count()} workers, cold cache: {seconds:8.1f} s  "
                   f"-> {base_s / seconds:.2f}x the baseline  [{loadavg()}]")
             print("   " + str(s).replace("\n", "\n   "))
             for p, r in sorted(s.rejects.items()):

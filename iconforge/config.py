@@ -11,18 +11,21 @@ import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from ruamel.yaml import YAML
 
-from .errors import StageError
+from iconforge.errors import StageError
 
 PARAMS_FILE = Path("params.yaml")
 
 # The licenses of the bioicons folders; anything else in filter.licenses is a typo.
 KNOWN_LICENSES = ("cc-0", "mit", "bsd", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0")
-# SVG renderers iconforge.svg can draw with.
+# SVG renderers iconforge.dataset.svg can draw with.
 RENDERERS = ("cairosvg", "resvg")
+
+
+OPERATIONAL = "operational"  # typing.Annotated marker, see Section.operational
 
 
 class ConfigError(StageError, ValueError):
@@ -43,6 +46,19 @@ class Section:
     def key(self, name: str) -> str:
         return f"{self.section}.{name}"
 
+    @classmethod
+    def operational(cls) -> frozenset[str]:
+        """Fields marked Operational: they change how a stage runs, never what it produces,
+        so dvc.yaml leaves them out of the stage's params and changing one reruns nothing."""
+        hints = typing.get_type_hints(cls, include_extras=True)
+        return frozenset(f.name for f in dataclasses.fields(cls)
+                         if OPERATIONAL in getattr(hints[f.name], "__metadata__", ()))
+
+    @classmethod
+    def result_keys(cls) -> list[str]:
+        """The leaf keys a stage's results depend on: `section.field` of every non-operational field."""
+        return [f"{cls.section}.{f.name}" for f in dataclasses.fields(cls) if f.name not in cls.operational()]
+
     def positive(self, *names: str) -> None:
         for n in names:
             _check(getattr(self, n) > 0, self.key(n), "must be > 0", getattr(self, n))
@@ -61,14 +77,16 @@ class FetchConfig(Section):
     section: typing.ClassVar[str] = "fetch"
     url: str  # https:// URL, file:// URL or local path (relative to the repo root)
     sha256: str  # "" = do not verify
-    timeout_s: float
-    retries: int
+    revision: str  # upstream commit of an archive whose top folder names none; "" = read it from the top folder
+    timeout_s: Annotated[float, OPERATIONAL]
+    retries: Annotated[int, OPERATIONAL]
 
     def __post_init__(self):
         _check(bool(self.url.strip()), self.key("url"), "must not be empty", self.url)
-        s = self.sha256.lower()
-        _check(s == "" or (len(s) == 64 and all(c in "0123456789abcdef" for c in s)),
-               self.key("sha256"), "must be empty or 64 hex digits", self.sha256)
+        for name, digits in (("sha256", 64), ("revision", 40)):
+            v = getattr(self, name).lower()
+            _check(v == "" or (len(v) == digits and all(c in "0123456789abcdef" for c in v)),
+                   self.key(name), f"must be empty or {digits} hex digits", getattr(self, name))
         self.positive("timeout_s")
         self.non_negative("retries")
 
@@ -100,9 +118,9 @@ class RasterizeConfig(Section):
     section: typing.ClassVar[str] = "rasterize"
     size: int
     margin: float  # fraction of `size` left blank on each side
-    timeout_s: float  # per icon
-    max_memory_mb: int  # per worker process
-    workers: int  # 0 = one per CPU core
+    timeout_s: Annotated[float, OPERATIONAL]  # per icon
+    max_memory_mb: Annotated[int, OPERATIONAL]  # per worker process
+    workers: Annotated[int, OPERATIONAL]  # 0 = one per CPU core
     renderer: str  # one of RENDERERS
 
     def __post_init__(self):
@@ -160,11 +178,12 @@ class TrainConfig(Section):
     lr_scheduler: str
     warmup_steps: int
     max_grad_norm: float
-    checkpoint_every: int
+    checkpoint_every: Annotated[int, OPERATIONAL]  # steps between resume checkpoints
+    log_every: Annotated[int, OPERATIONAL]  # steps between host syncs of the loss and MLflow writes
 
     def __post_init__(self):
         self.positive("steps", "lr", "rank", "alpha", "batch_size", "grad_accum", "resolution",
-                      "checkpoint_every", "max_grad_norm")
+                      "checkpoint_every", "log_every", "max_grad_norm")
         _check(self.resolution % 16 == 0, self.key("resolution"), "must be a multiple of 16", self.resolution)
         self.one_of("mixed_precision", ("no", "fp16", "bf16"))
         self.one_of("timestep_sampling", ("sigmoid", "uniform", "logit_normal"))
@@ -245,15 +264,32 @@ def build(cls: type, raw: Any):
     return cls(**{f: _coerce(raw[f], hints[f], f"{name}.{f}") for f in fields})
 
 
-def read_params(path: Path = PARAMS_FILE) -> dict:
-    """params.yaml read as YAML 1.2, like DVC reads and writes it: `dvc exp run -S
+def parse_params(text: str) -> dict:
+    """params.yaml's text read as YAML 1.2, like DVC reads and writes it: `dvc exp run -S
     train.mixed_precision=no` writes a bare `no`, which YAML 1.1 (PyYAML) would read as False."""
-    with open(path, encoding="utf-8") as f:
-        return YAML(typ="safe", pure=True).load(f) or {}
+    return YAML(typ="safe", pure=True).load(text) or {}
 
 
-def load(cls: type, path: Path = PARAMS_FILE):
+def read_params(path: Path = PARAMS_FILE) -> dict:
+    return parse_params(Path(path).read_text(encoding="utf-8"))
+
+
+def _section(cls: type, path: Path) -> dict:
     params = read_params(path)
     if cls.section not in params:
         raise ConfigError(f"{cls.section}: section missing from {path}")
-    return build(cls, params[cls.section])
+    return params[cls.section]
+
+
+def load(cls: type, path: Path = PARAMS_FILE):
+    """The whole section: the stage's results depend on every non-operational field (dvc.yaml)."""
+    return build(cls, _section(cls, path))
+
+
+def load_field(cls: type, name: str, path: Path = PARAMS_FILE):
+    """One field of another stage's section, e.g. sample's caption.trigger, checked like load() checks it."""
+    raw = _section(cls, path)
+    key = f"{cls.section}.{name}"
+    if not isinstance(raw, dict) or name not in raw:
+        raise ConfigError(f"{key}: missing from {path}")
+    return _coerce(raw[name], typing.get_type_hints(cls)[name], key)

@@ -8,9 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from iconforge.config import parse_params
+
 
 def read(path: Path) -> dict:
-    return yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    """Read as DVC reads params.yaml (YAML 1.2): a bare `no` stays the string "no"."""
+    return parse_params(Path(path).read_text(encoding="utf-8"))
 
 
 def merged(params: dict, overrides: dict) -> dict:

@@ -1,45 +1,58 @@
 """MLflow tracking: where runs go, and one run shared by train_lora, sample and evaluate.
 
-train_lora starts the run and writes models/run.json {tracking_uri,
-experiment_id, run_id}; sample and evaluate log into that same run with
-`resume_run()`. The store is `sqlite:///<repo root>/mlflow.db` unless
-MLFLOW_TRACKING_URI says otherwise; artifacts of a sqlite store go to
-<repo root>/mlartifacts. The repo root is the original repository also for
-queued experiments (see repo_root.py), so their runs land beside the workspace
-runs, tagged `dvc.exp_name`. View with `mlflow ui --backend-store-uri <uri>`.
+train_lora starts the run and writes models/run.json {run_id, experiment,
+tracking_uri}; sample and evaluate log into that same run with `resume_run()`.
+The store is MLFLOW_TRACKING_URI if set, else `sqlite:///<repo root>/mlflow.db`
+with artifacts in <repo root>/mlartifacts. The repo root is the original
+repository also for queued experiments (paths.repo_root), so their runs land
+beside the workspace runs, tagged `dvc.exp_name`. View with `mlflow ui
+--backend-store-uri <uri>`.
+
+run.json is committed with the experiment, so it holds nothing of one machine:
+a tracking server's URL is kept, a local store is not (it is this clone's own).
+On a clone whose store lacks the run (a fresh clone after `dvc pull`, another
+machine), sample and evaluate start a new run linked to the training run by
+the tag iconforge.train_run_id, instead of failing.
 """
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
+import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
+from urllib.parse import urlparse
 
 import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
-from .atomic import write_json
-from .repo_root import repo_root
+from iconforge.atomic import write_json
+from iconforge.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, repo_root
+from iconforge.tables import read_json
 
 EXPERIMENT = "iconforge"
-RUN_JSON = Path("models/run.json")
+LINK_TAG = "iconforge.train_run_id"  # on a run that continues a training run this store lacks
 
 
-def tracking_uri() -> str:
-    """The MLflow store every stage logs to: MLFLOW_TRACKING_URI, else mlflow.db in the repo root."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{repo_root() / 'mlflow.db'}"
+def tracking_uri(recorded: str | None = None) -> str:
+    """The MLflow store to log to: MLFLOW_TRACKING_URI, else the server a run record names,
+    else mlflow.db in the repo root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or recorded or f"sqlite:///{repo_root() / MLFLOW_DB}"
+
+
+def _is_server(uri: str) -> bool:
+    return urlparse(uri).scheme in ("http", "https", "databricks")
 
 
 def _artifact_location(uri: str) -> str | None:
     """Artifacts beside a sqlite store (MLflow's default, ./mlruns of the cwd, would
     land in whatever folder a stage happens to run in); other stores decide themselves."""
     if uri.startswith("sqlite:///"):
-        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return (Path(uri[len("sqlite:///"):]).parent / MLFLOW_ARTIFACTS).as_uri()
     return None
 
 
@@ -104,15 +117,38 @@ def log_step_metrics(run_id: str, rows: list[tuple[int, dict[str, float]]]) -> N
         mlflow.MlflowClient().log_batch(run_id, metrics=metrics[i:i + 1000])
 
 
-def write_run_json(run: mlflow.ActiveRun, path: Path = RUN_JSON) -> None:
-    write_json(path, {"tracking_uri": mlflow.get_tracking_uri(), "experiment_id": run.info.experiment_id,
-                      "run_id": run.info.run_id})
+def write_run_json(run: mlflow.ActiveRun, path: Path) -> None:
+    uri = mlflow.get_tracking_uri()
+    write_json(path, {"run_id": run.info.run_id, "experiment": EXPERIMENT,
+                      "tracking_uri": uri if _is_server(uri) else None})
+
+
+def _find_run(client: mlflow.MlflowClient, uri: str, train_run_id: str) -> str | None:
+    """The training run itself, else the newest run already linked to it (by sample, say), else None."""
+    try:
+        return client.get_run(train_run_id).info.run_id
+    except MlflowException:
+        pass
+    linked = client.search_runs([_experiment_id(client, uri)], f"tags.`{LINK_TAG}` = '{train_run_id}'",
+                                order_by=["attributes.start_time DESC"], max_results=1)
+    return linked[0].info.run_id if linked else None
 
 
 @contextlib.contextmanager
-def resume_run(run_json_path: Path = RUN_JSON) -> Iterator[mlflow.ActiveRun]:
-    """Log into the training run recorded in models/run.json (for sample and evaluate)."""
-    info = json.loads(Path(run_json_path).read_text(encoding="utf-8"))
-    mlflow.set_tracking_uri(info["tracking_uri"])
-    with mlflow.start_run(run_id=info["run_id"], log_system_metrics=False) as run:
+def resume_run(run_json: Path, stage: str) -> Iterator[mlflow.ActiveRun]:
+    """Log into the training run that models/run.json records (for sample and evaluate), or,
+    where this store does not have it, into one new run linked to it that both stages share."""
+    info = read_json(run_json, required=("run_id",))
+    uri = tracking_uri(info.get("tracking_uri"))
+    mlflow.set_tracking_uri(uri)
+    client = mlflow.MlflowClient(uri)
+    run_id = _find_run(client, uri, info["run_id"])
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id, log_system_metrics=False) as run:
+            yield run
+        return
+    with mlflow.start_run(experiment_id=_experiment_id(client, uri), log_system_metrics=False,
+                          tags={**run_tags(stage), LINK_TAG: info["run_id"]}) as run:
+        print(f"{stage}: MLflow run {info['run_id']} of {run_json} is not in {uri} (a fresh clone or another "
+              f"machine); logging to new run {run.info.run_id}, tagged {LINK_TAG}", file=sys.stderr)
         yield run

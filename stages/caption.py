@@ -4,38 +4,30 @@ metrics/data.json."""
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
-from iconforge import config
+from iconforge import paths
 from iconforge.atomic import atomic_dir, write_json
-from iconforge.captions import build, metrics, rendered_rows, table
-from iconforge.tables import read_csv
+from iconforge.config import CaptionConfig, load
+from iconforge.dataset.captions import build, metrics, rendered_rows, table
 from iconforge.errors import run_stage
-
-PNG = Path("data/png")
-FILTERED = Path("data/filtered.csv")
-FILTER_REJECTS = Path("data/filter_rejects.csv")
-RASTER_REJECTS = Path("data/raster_rejects.csv")
-CREDITS = Path("data/credits.csv")
-ATTRIBUTION = Path("data/ATTRIBUTION.md")
-DATASET = Path("data/dataset")
-METRICS = Path("metrics/data.json")
+from iconforge.tables import read_csv, require
 
 
 def main() -> None:
-    cfg = config.load(config.CaptionConfig)
-    filtered = read_csv(FILTERED, ["path", "license", "category", "author", "name", "group", "split"])
-    filter_rejects = read_csv(FILTER_REJECTS, ["path", "reason"])
-    raster_rejects = read_csv(RASTER_REJECTS, ["path", "reason"])
-    credits = {c["path"]: c for c in read_csv(CREDITS, ["path", "author", "source_url"])}
-    rows = rendered_rows(filtered, PNG, raster_rejects)
-    with atomic_dir(DATASET) as tmp:
-        records = build(rows, credits, PNG, tmp, cfg)
+    cfg = load(CaptionConfig)
+    filtered = read_csv(paths.FILTERED, ["path", "license", "category", "author", "name", "group", "split"])
+    filter_rejects = read_csv(paths.FILTER_REJECTS, ["path", "reason"])
+    raster_rejects = read_csv(paths.RASTER_REJECTS, ["path", "reason"])
+    credits = {c["path"]: c for c in read_csv(paths.CREDITS, ["path", "author", "source_url"])}
+    require(paths.ATTRIBUTION, paths.PNG)
+    rows = rendered_rows(filtered, paths.PNG, raster_rejects)
+    with atomic_dir(paths.DATASET) as tmp:
+        records = build(rows, credits, paths.PNG, tmp, cfg)
         # The credits travel with the images: the licenses ask for it.
-        shutil.copyfile(ATTRIBUTION, tmp / ATTRIBUTION.name)
-        shutil.copyfile(CREDITS, tmp / CREDITS.name)
+        shutil.copyfile(paths.ATTRIBUTION, tmp / paths.ATTRIBUTION.name)
+        shutil.copyfile(paths.CREDITS, tmp / paths.CREDITS.name)
     m = metrics(filtered, filter_rejects, raster_rejects, records)
-    write_json(METRICS, m)
+    write_json(paths.DATA_METRICS, m)
     print(table(m))
 
 

@@ -1,17 +1,7 @@
 """Stage evaluate: CLIP score, CMMD and style gaps of samples/ -> metrics/eval.json, metrics/eval_per_prompt.csv."""
-import json
-from pathlib import Path
-
-from iconforge.atomic import write_json
+from iconforge import paths
 from iconforge.config import EvaluateConfig, load
-from iconforge.tables import write_csv
 from iconforge.errors import run_stage
-
-SAMPLES = Path("samples")
-VALIDATION = Path("data/dataset/validation")
-RUN_JSON = Path("models/run.json")
-EVAL_JSON = Path("metrics/eval.json")
-PER_PROMPT_CSV = Path("metrics/eval_per_prompt.csv")
 
 
 def _flat(d: dict, prefix: str = "eval") -> dict[str, float]:
@@ -31,31 +21,35 @@ def main() -> None:
     import mlflow
     import torch
 
-    from iconforge.evaluation import CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip, load_real_images
-    from iconforge.models import BASE_DIR, TINY, read_base
-    from iconforge.style_metrics import METRICS
+    from iconforge.atomic import write_json
+    from iconforge.evaluate.metrics import (CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip,
+                                            load_real_images)
+    from iconforge.evaluate.style import METRICS
+    from iconforge.flux.models import TINY, read_base
+    from iconforge.tables import read_json, require, write_csv
     from iconforge.tracking import resume_run
 
-    smoke = read_base(BASE_DIR)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
+    require(paths.SAMPLES_INDEX, paths.RUN_JSON)
+    smoke = read_base(paths.BASE)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
-    index = json.loads((SAMPLES / "index.json").read_text(encoding="utf-8"))
-    real = load_real_images(VALIDATION, cfg.max_real_images)
-    summary, rows = evaluate(SAMPLES, index, real, clip)
+    index = read_json(paths.SAMPLES_INDEX, required=("samples",))
+    real = load_real_images(paths.VALIDATION_SPLIT, cfg.max_real_images)
+    summary, rows = evaluate(paths.SAMPLES, index, real, clip)
     summary.update(smoke=smoke, clip_model=cfg.clip_model,
                    clip_pretrained="random-init" if smoke else cfg.clip_pretrained,
                    cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE)
     if smoke:
         summary["note"] = SMOKE_NOTE
-    write_json(EVAL_JSON, summary)
-    write_csv(PER_PROMPT_CSV, rows, ["prompt", "kind", "seed", "clip_score", *METRICS])
-    with resume_run(RUN_JSON):
+    write_json(paths.EVAL_METRICS, summary)
+    write_csv(paths.EVAL_PER_PROMPT, rows, ["prompt", "kind", "seed", "clip_score", *METRICS])
+    with resume_run(paths.RUN_JSON, "evaluate"):
         mlflow.log_metrics(_flat({k: summary[k] for k in ("lora", "base", "real", "gap")}))
-        mlflow.log_artifact(str(EVAL_JSON), artifact_path="metrics")
-        mlflow.log_artifact(str(PER_PROMPT_CSV), artifact_path="metrics")
+        mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
+        mlflow.log_artifact(str(paths.EVAL_PER_PROMPT), artifact_path="metrics")
     print(f"evaluate: CLIP score lora {summary['lora']['clip_score']:.2f} / base {summary['base']['clip_score']:.2f}, "
           f"CMMD lora {summary['lora']['cmmd']:.3f} / base {summary['base']['cmmd']:.3f}"
-          + (" (smoke run: random weights, no meaning)" if smoke else "") + f" -> {EVAL_JSON}")
+          + (" (smoke run: random weights, no meaning)" if smoke else "") + f" -> {paths.EVAL_METRICS}")
 
 
 if __name__ == "__main__":

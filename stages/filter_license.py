@@ -1,31 +1,25 @@
-"""Stage filter_license: data/raw + data/manifest.csv -> data/filtered.csv (kept rows with
-variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
+"""Stage filter_license: data/raw + data/manifest.csv + data/source.json -> data/filtered.csv (kept
+rows with variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
 from __future__ import annotations
 
 from collections import Counter
-from pathlib import Path
 
-from iconforge import config
+from iconforge import paths
 from iconforge.atomic import write_text
-from iconforge.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, read_notices, render_markdown,
-                                   unmatched_authors)
-from iconforge.selection import MANIFEST_COLUMNS, check_accounted, kind, screen
-from iconforge.tables import read_csv, write_csv
-from iconforge.variants import assign_splits, multi_member_share, one_per_group
+from iconforge.config import FilterConfig, load
+from iconforge.dataset.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, read_notices, render_markdown,
+                                           unmatched_authors)
+from iconforge.dataset.selection import MANIFEST_COLUMNS, check_accounted, kind, screen
+from iconforge.dataset.variants import assign_splits, multi_member_share, one_per_group
 from iconforge.errors import run_stage
-
-RAW = Path("data/raw")
-MANIFEST = Path("data/manifest.csv")
-FILTERED = Path("data/filtered.csv")
-REJECTS = Path("data/filter_rejects.csv")
-CREDITS = Path("data/credits.csv")
-ATTRIBUTION = Path("data/ATTRIBUTION.md")
+from iconforge.tables import read_csv, read_json, write_csv
 
 
 def main() -> None:
-    cfg = config.load(config.FilterConfig)
-    rows = read_csv(MANIFEST, MANIFEST_COLUMNS)
-    kept, rejects = screen(rows, cfg, RAW)
+    cfg = load(FilterConfig)
+    rows = read_csv(paths.MANIFEST, MANIFEST_COLUMNS)
+    commit = read_json(paths.SOURCE, required=("commit",))["commit"]  # the credits link the icons fetch extracted
+    kept, rejects = screen(rows, cfg, paths.RAW)
     kept = assign_splits(kept, cfg.val_fraction, cfg.seed)
     share = multi_member_share(kept)  # measured before variants: one collapses the groups
     if cfg.variants == "one":
@@ -35,13 +29,13 @@ def main() -> None:
     kept.sort(key=lambda r: r["path"])
     rejects.sort(key=lambda r: r["path"])
 
-    authors = read_authors(RAW)
-    credits = credit_rows(kept, authors)
+    authors = read_authors(paths.RAW)
+    credits = credit_rows(kept, authors, commit)
     unmatched = unmatched_authors(kept, authors)
-    write_csv(FILTERED, kept, MANIFEST_COLUMNS + ["group", "split"])
-    write_csv(REJECTS, rejects, ["path", "reason"])
-    write_csv(CREDITS, credits, CREDIT_COLUMNS)
-    write_text(ATTRIBUTION, render_markdown(credits, unmatched, read_notices(RAW)))
+    write_csv(paths.FILTERED, kept, MANIFEST_COLUMNS + ["group", "split"])
+    write_csv(paths.FILTER_REJECTS, rejects, ["path", "reason"])
+    write_csv(paths.CREDITS, credits, CREDIT_COLUMNS)
+    write_text(paths.ATTRIBUTION, render_markdown(credits, unmatched, read_notices(paths.RAW), commit))
 
     splits = Counter(r["split"] for r in kept)
     print(f"kept {len(kept)} of {len(rows)} icons: {splits['train']} train, {splits['validation']} validation "

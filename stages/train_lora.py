@@ -1,4 +1,5 @@
-"""Stage train_lora: data/dataset/train -> models/base, models/lora, models/run.json, metrics/train.json.
+"""Stage train_lora: data/dataset/train -> models/base, models/lora, models/run.json, metrics/train.json,
+metrics/loss.csv.
 
 Resolves the base model (writing models/base/ so sample and evaluate load the
 same weights), then trains the LoRA adapter, resuming from models/checkpoints/
@@ -6,7 +7,7 @@ when an interrupted run with the same params left one there; a successful run
 leaves models/checkpoints/ empty. `accelerate launch --num_processes N -m
 stages.train_lora` trains with N processes (see README).
 """
-
+from iconforge import paths
 from iconforge.config import ModelConfig, TrainConfig, load
 from iconforge.errors import run_stage
 
@@ -14,19 +15,23 @@ from iconforge.errors import run_stage
 def main() -> None:
     model_cfg, train_cfg = load(ModelConfig), load(TrainConfig)
     # Imported only now, so a params typo is reported at once, not after ~10 s of torch/diffusers imports.
-    from iconforge.models import read_base, resolve_base
-    from iconforge.train import make_accelerator, preflight, train
+    from iconforge.flux.models import read_base, resolve_base
+    from iconforge.flux.train import Paths, make_accelerator, preflight, train
+    from iconforge.tables import require
 
     preflight(train_cfg)
+    require(paths.TRAIN_SPLIT)
     acc = make_accelerator(train_cfg)
     with acc.main_process_first():  # one process writes models/base, the others then read it
-        base = resolve_base(model_cfg) if acc.is_main_process else read_base()
-    m = train(model_cfg, train_cfg, base, acc=acc)
+        base = resolve_base(model_cfg, paths.BASE) if acc.is_main_process else read_base(paths.BASE)
+    out = Paths(dataset=paths.TRAIN_SPLIT, base=paths.BASE, lora=paths.LORA, checkpoints=paths.CHECKPOINTS,
+                run_json=paths.RUN_JSON, metrics=paths.TRAIN_METRICS, loss_csv=paths.LOSS_CSV)
+    m = train(model_cfg, train_cfg, base, out, acc)
     acc.end_training()
     if m:
         print(f"train_lora: {m['steps']} steps on {m['train_images']} images, effective batch "
               f"{m['effective_batch_size']}, final loss {m['final_loss']:.4f}, {m['seconds_per_step']:.3f} s/step, "
-              f"peak {m['peak_memory_mb']:.0f} MB -> models/lora")
+              f"peak {m['peak_memory_mb']:.0f} MB -> {paths.LORA}")
 
 
 if __name__ == "__main__":

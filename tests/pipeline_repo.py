@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from iconforge import overrides
-from conftest import ROOT, SAMPLE_ARCHIVE
+from conftest import ROOT, SAMPLE_ARCHIVE, WORKSPACE_OUTPUTS, committed_params
 
 
 MODEL_STAGES = {"train_lora", "sample", "evaluate"}
@@ -58,9 +58,11 @@ def git(repo: Path, *args: str) -> str:
 
 
 def project_files() -> list[str]:
+    """The project's files as the working tree has them (uncommitted code changes included), but
+    none of what a run of the pipeline left there."""
     listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"], cwd=ROOT,
                             capture_output=True, text=True, check=True).stdout.split("\0")
-    return sorted(f for f in listed if f and (ROOT / f).is_file())
+    return sorted(f for f in listed if f and (ROOT / f).is_file() and not f.startswith(WORKSPACE_OUTPUTS))
 
 
 def make_repo(dest: Path, extra: dict | None = None) -> Path:
@@ -70,8 +72,7 @@ def make_repo(dest: Path, extra: dict | None = None) -> Path:
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / f, dest / f)
     shutil.rmtree(dest / ".dvc", ignore_errors=True)  # a fresh DVC repo: no config, cache or lock of ours
-    (dest / "dvc.lock").unlink(missing_ok=True)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text(encoding="utf-8"))
+    params = committed_params()
     demo = overrides.read(ROOT / "demo.yaml")
     demo["fetch"]["url"] = str(SAMPLE_ARCHIVE)
     params = overrides.merged(overrides.merged(params, demo), extra or {})

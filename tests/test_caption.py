@@ -9,12 +9,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import ROOT
-from iconforge.attribution import CHANGES, SOURCE_BASE
-from iconforge.captions import caption, category_words, name_words
+from conftest import committed_params
+from iconforge.dataset.attribution import CHANGES, source_base
+from iconforge.dataset.captions import caption, category_words, name_words
 from iconforge.config import CaptionConfig
 from iconforge.tables import write_csv
 from stages import caption as caption_stage
+
+SOURCE_BASE = source_base("0123456789abcdef0123456789abcdef01234567")
 
 FIELDS = ["path", "license", "category", "author", "name", "bytes", "sha256", "group", "split"]
 META = {"file_name", "text", "split", "group", "license", "author", "category", "name", "source"}
@@ -71,7 +73,7 @@ ICONS = [  # path, split, has PNG
 
 def make_repo(tmp: Path, icons=ICONS, raster_rejects=("cc-by-4.0/Cell_types/Xi-Chen/broken.svg",)) -> Path:
     """The inputs caption reads, as filter_license and rasterize would leave them."""
-    (tmp / "params.yaml").write_text(yaml.safe_dump(yaml.safe_load((ROOT / "params.yaml").read_text())))
+    (tmp / "params.yaml").write_text(yaml.safe_dump(committed_params()))
     data = tmp / "data"
     rows = []
     for path, split, has_png in icons:

@@ -7,14 +7,14 @@ import pytest
 import yaml
 
 from iconforge import config
-from conftest import ROOT
+from conftest import ROOT, committed_text
 
 ALL = [config.FetchConfig, config.FilterConfig, config.RasterizeConfig, config.CaptionConfig,
        config.ModelConfig, config.TrainConfig, config.SampleConfig, config.EvaluateConfig]
 
 
 def params():
-    return config.read_params(ROOT / "params.yaml")
+    return config.parse_params(committed_text("params.yaml"))
 
 
 @pytest.mark.parametrize("cls", ALL, ids=lambda c: c.section)
@@ -78,7 +78,7 @@ def test_each_stage_declares_the_params_it_reads():
 
 def test_params_read_as_yaml_1_2_like_dvc_writes_them(tmp_path):
     # `dvc exp run -S train.mixed_precision=no` writes a bare `no`: a string in YAML 1.2, False in 1.1.
-    text = (ROOT / "params.yaml").read_text(encoding="utf-8")
+    text = committed_text("params.yaml")
     text = re.sub(r"mixed_precision: \S+", "mixed_precision: no", text)
     (tmp_path / "params.yaml").write_text(text, encoding="utf-8")
     assert config.load(config.TrainConfig, tmp_path / "params.yaml").mixed_precision == "no"

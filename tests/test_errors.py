@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, committed_text
 
 
 def run(stage: str, cwd) -> subprocess.CompletedProcess:
@@ -21,7 +21,7 @@ def run(stage: str, cwd) -> subprocess.CompletedProcess:
     ("caption", "caption: data/filtered.csv: missing (run the stage that writes it first)"),
 ])
 def test_missing_input_is_one_line_naming_the_file(tmp_path, stage, message):
-    shutil.copy(ROOT / "params.yaml", tmp_path / "params.yaml")
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml"), encoding="utf-8")
     out = run(stage, tmp_path)
     assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
 
@@ -29,7 +29,7 @@ def test_missing_input_is_one_line_naming_the_file(tmp_path, stage, message):
 @pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "train_lora", "sample",
                                    "evaluate"])
 def test_bad_params_are_one_line_naming_the_key(tmp_path, stage):
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text(encoding="utf-8")
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml")
                                           .replace("steps: 1000", "steps: -1").replace("size: 1024", "size: -1")
                                           .replace("retries: 3", "retries: -1")
                                           .replace("val_fraction: 0.1", "val_fraction: 7")

@@ -13,9 +13,9 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image, ImageDraw
 
 from iconforge.atomic import write_json
-from iconforge.evaluation import ClipWeightsError, clip_scores, cmmd, embed_images, load_clip
-from iconforge.models import BASE_JSON
-from iconforge.style_metrics import ANALYSIS_SIZE, style_metrics
+from iconforge.evaluate.metrics import ClipWeightsError, clip_scores, cmmd, embed_images, load_clip
+from iconforge.paths import BASE_JSON
+from iconforge.evaluate.style import ANALYSIS_SIZE, style_metrics
 from iconforge.tracking import start_run, write_run_json
 
 PARAMS = "evaluate: {clip_model: ViT-B-32, clip_pretrained: laion2b_s34b_b79k, max_real_images: 3}\n"

@@ -13,7 +13,7 @@ from collections import Counter
 import pytest
 
 from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
-from iconforge import archive
+from iconforge.dataset import archive
 from stages import fetch
 
 TOP = "bioicons-0123abcd"

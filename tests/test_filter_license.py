@@ -10,15 +10,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
-from iconforge.attribution import SOURCE_BASE, find_author
-from iconforge.selection import embeds_raster
-from iconforge.variants import assign_splits, group_key, one_per_group
+from conftest import ROOT, SAMPLE_ARCHIVE, committed_params, needs_sample
+from iconforge.dataset.attribution import find_author, source_base
+from iconforge.dataset.selection import embeds_raster
+from iconforge.dataset.variants import assign_splits, group_key, one_per_group
 from stages import filter_license
 
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect width="10" height="10"/></svg>'
 PNG_INLINE = (b'<svg xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink">'
               b'<image width="4" height="4" xlink:href="data:image/png;base64,iVBORw0KGgo="/></svg>')
+COMMIT = "0123456789abcdef0123456789abcdef01234567"  # the upstream commit data/source.json names
 AUTHORS = {"Servier": "https://smart.servier.com/", "Mariana RuizVillareal": "https://commons.wikimedia.org/x",
            "Simon Dürr": "https://twitter.com/simonduerr"}
 
@@ -30,7 +31,7 @@ def row(path: str) -> dict[str, str]:
 
 def make_repo(tmp: Path, icons: dict[str, bytes], authors: dict | None = None, **filter_params) -> Path:
     """A repo root with params.yaml, data/raw/<icons>, authors.json, LICENSE files and data/manifest.csv."""
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = committed_params()
     params["filter"].update(filter_params)
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     raw = tmp / "data" / "raw"
@@ -38,6 +39,7 @@ def make_repo(tmp: Path, icons: dict[str, bytes], authors: dict | None = None, *
         (raw / path).parent.mkdir(parents=True, exist_ok=True)
         (raw / path).write_bytes(data)
     (raw / "authors.json").write_text(json.dumps(AUTHORS if authors is None else authors))
+    (tmp / "data" / "source.json").write_text(json.dumps({"commit": COMMIT}))
     (raw / "mit").mkdir(exist_ok=True)
     (raw / "mit" / "LICENSE").write_text("The MIT License (MIT)\nPermission is hereby granted, free of charge")
     with open(tmp / "data" / "manifest.csv", "w", newline="") as f:
@@ -196,7 +198,7 @@ def test_attribution_covers_every_kept_icon_that_needs_credit(tmp_path, monkeypa
     credits = {c["path"]: c for c in out["credits"]}
     assert set(credits) == set(icons)
     for path, c in credits.items():
-        assert c["source_url"].startswith(SOURCE_BASE) and c["changes"].startswith("rasterized")
+        assert c["source_url"].startswith(source_base(COMMIT)) and c["changes"].startswith("rasterized")
         if not path.startswith("cc-0/"):
             assert c["needs_attribution"] == "true" and c["source_url"] in md and c["author"]
     assert credits["cc-0/Animals/A/cat.svg"]["needs_attribution"] == "false"
@@ -222,14 +224,16 @@ def test_reruns_are_byte_identical(tmp_path, monkeypatch):
 
 @needs_sample
 def test_sample_snapshot_credits_every_icon_that_needs_it(tmp_path, monkeypatch):
-    from iconforge import archive, manifest
+    from iconforge.dataset import archive
+    from iconforge.dataset import manifest
     from iconforge.tables import write_csv
 
     raw = tmp_path / "data" / "raw"
     archive.extract_icons(SAMPLE_ARCHIVE, raw)
     write_csv(tmp_path / "data" / "manifest.csv", manifest.build(raw), manifest.FIELDS)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = committed_params()
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "data" / "source.json").write_text(json.dumps({"commit": COMMIT}))
     with tarfile.open(SAMPLE_ARCHIVE) as tar:
         n_svg = sum(m.name.endswith(".svg") for m in tar.getmembers())
     out = run_stage(tmp_path, monkeypatch)

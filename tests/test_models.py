@@ -8,10 +8,10 @@ import torch
 from diffusers import FluxPipeline
 from huggingface_hub import constants as hf_constants
 
-from iconforge import models
+from iconforge.flux import models
 from iconforge.config import ModelConfig
-from iconforge.models import ModelError, download_base, load_pipeline, resolve_base
-from iconforge.tiny import build_tiny_pipeline
+from iconforge.flux.models import ModelError, download_base, load_pipeline, resolve_base
+from iconforge.flux.tiny import build_tiny_pipeline
 
 FLUX = "black-forest-labs/FLUX.1-dev"
 

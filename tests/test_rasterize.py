@@ -1,4 +1,4 @@
-"""iconforge.rasterize and the rasterize stage: the parallel, bounded, cached driver."""
+"""iconforge.dataset.rasterize and the rasterize stage: the parallel, bounded, cached driver."""
 import base64
 import csv
 import io
@@ -15,8 +15,8 @@ from PIL import Image
 
 from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
 from iconforge.config import RENDERERS, RasterizeConfig
-from iconforge.rasterize import rasterize
-from iconforge.svg import DARK
+from iconforge.dataset.rasterize import rasterize
+from iconforge.dataset.svg import DARK
 
 NS = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
 
@@ -223,7 +223,7 @@ TEXT_ICONS = ("cc-0/Genetics/umasstr/AAV_adenovirus.svg", "cc-0/Amino-Acids/B--G
 ORDER_PROBE = """
 import hashlib, sys
 from pathlib import Path
-from iconforge.svg import render
+from iconforge.dataset.svg import render
 for p in sys.argv[2:]:
     print(hashlib.sha256(render(Path(p).read_bytes(), 128, 0.05, sys.argv[1]).png).hexdigest())
 """

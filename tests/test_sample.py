@@ -10,11 +10,11 @@ import torch
 from PIL import Image, ImageDraw
 
 from iconforge.config import ModelConfig, SampleConfig
-from iconforge.grid import GAP, HEADER_H, LABEL_W, contact_sheet, sheet_size
-from iconforge.lora_io import add_lora, save_adapter
-from iconforge.models import load_pipeline, resolve_base
-from iconforge.sampling import build_prompts, evenly_spaced, read_validation
-from iconforge.trace import count_paths, trace_svg
+from iconforge.evaluate.grid import GAP, HEADER_H, LABEL_W, contact_sheet, sheet_size
+from iconforge.flux.lora_io import add_lora, save_adapter
+from iconforge.flux.models import load_pipeline, resolve_base
+from iconforge.evaluate.sampling import build_prompts, evenly_spaced, read_validation
+from iconforge.evaluate.trace import count_paths, trace_svg
 from iconforge.tracking import start_run, write_run_json
 
 PARAMS = """

@@ -1,4 +1,4 @@
-"""iconforge.svg: sanitizing and rendering single untrusted SVGs (in-process).
+"""iconforge.dataset.svg: sanitizing and rendering single untrusted SVGs (in-process).
 Every safety and geometry test runs with each renderer (the `renderer` fixture)."""
 import base64
 import io
@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from iconforge.config import RENDERERS
-from iconforge.svg import DARK, RENDERER_VERSIONS, WHITE, SvgError, render, sanitize, strip_light_dark
+from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, WHITE, SvgError, render, sanitize, strip_light_dark
 
 NS = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'
 # Black to the edges of its viewBox, a red dot in the middle (one flat colour would be blank).

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from iconforge.tiny import build_tiny_pipeline
+from iconforge.flux.tiny import build_tiny_pipeline
 
 
 @pytest.fixture

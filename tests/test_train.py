@@ -15,10 +15,11 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from iconforge.lora_io import ADAPTER_FILE, add_lora, canonicalize_safetensors, load_adapter_state
-from iconforge.models import load_pipeline
+from iconforge.paths import ADAPTER_FILE
+from iconforge.flux.lora_io import add_lora, canonicalize_safetensors, load_adapter_state
+from iconforge.flux.models import load_pipeline
 from iconforge.tracking import resume_run, tracking_uri
-from iconforge.train import batch_indices, sample_sigmas
+from iconforge.flux.train import batch_indices, sample_sigmas
 from train_setup import NAMES, PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
 
 
@@ -204,7 +205,7 @@ def test_data_order_covers_every_example_each_epoch():
 
 def test_sigmas_shift_towards_noise_for_bigger_images():
     from diffusers import FlowMatchEulerDiscreteScheduler
-    from iconforge.tiny import FLUX_SCHEDULER
+    from iconforge.flux.tiny import FLUX_SCHEDULER
     sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
     for scheme in ("sigmoid", "uniform", "logit_normal"):
         small = sample_sigmas(scheme, 4096, 0.5, sched, torch.Generator().manual_seed(0))
@@ -225,8 +226,8 @@ def test_canonical_safetensors_header(tmp_path):
 
 def test_unreadable_image_is_skipped_and_recorded(tmp_path):
     from iconforge.config import ModelConfig
-    from iconforge.latent_cache import build_cache, read_metadata
-    from iconforge.models import resolve_base
+    from iconforge.flux.latent_cache import build_cache, read_metadata
+    from iconforge.flux.models import resolve_base
     repo = make_repo(tmp_path)
     split = repo / "data/dataset/train"
     (split / "cc-0/Lab_apparatus/Servier/dna.png").write_bytes(b"not a png")
@@ -241,7 +242,7 @@ def test_unreadable_image_is_skipped_and_recorded(tmp_path):
 def test_adamw8bit_without_bitsandbytes_is_refused_up_front():
     import importlib.util
     from iconforge.config import ConfigError, build, TrainConfig
-    from iconforge.train import preflight
+    from iconforge.flux.train import preflight
     if importlib.util.find_spec("bitsandbytes"):
         pytest.skip("bitsandbytes is installed")
     cfg = build(TrainConfig, {**PARAMS["train"], "optimizer": "adamw8bit"})

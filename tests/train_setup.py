@@ -8,10 +8,11 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from iconforge.models import load_pipeline
+from iconforge.flux.models import load_pipeline
 
-ROOT = Path(__file__).resolve().parents[1]
-PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
+from conftest import ROOT, committed_params
+
+PARAMS = committed_params()
 # Small but exercising the whole recipe: accumulation, warmup + cosine, caption dropout, alpha != rank.
 TRAIN = dict(steps=40, resolution=64, batch_size=2, grad_accum=2, rank=4, alpha=8, lr=0.002,
              mixed_precision="no", gradient_checkpointing=False, checkpoint_every=10, caption_dropout=0.2,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import re
 import sys
 import tarfile
 import time
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -21,7 +23,7 @@ from tqdm import tqdm
 
 from iconforge.atomic import atomic_file
 from iconforge.errors import StageError
-from iconforge.repo_root import repo_root
+from iconforge.paths import repo_root
 
 MAX_BYTES = 2 * 1024**3  # decompressed tar stream; the full bioicons tree is ~0.4 GiB
 MAX_ENTRIES = 100_000  # the full bioicons tree has ~3,200
@@ -77,14 +79,6 @@ def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
     raise AssertionError("unreachable")
 
 
-def verify_sha256(path: Path, expected: str, label: str) -> None:
-    """Refuse the archive unless its sha256 is `expected` (checked before extraction)."""
-    with open(path, "rb") as f:
-        actual = hashlib.file_digest(f, "sha256").hexdigest()
-    if actual != expected.lower():
-        raise ArchiveError(f"{label}: sha256 mismatch: expected {expected.lower()}, got {actual}")
-
-
 class _Capped:
     """Read-only file wrapper that refuses to yield more than `limit` bytes (archive bombs)."""
 
@@ -128,12 +122,18 @@ def _check_entry(label: str, m: tarfile.TarInfo) -> list[str]:
     return parts
 
 
-def extract_icons(archive: Path, dest: Path, label: str | None = None) -> list[str]:
+@dataclass(frozen=True)
+class Extracted:
+    top: str  # the archive's one top folder, e.g. bioicons-<commit> for a GitHub source archive
+    skipped: list[str]  # file entries outside static/icons/ or of another type
+
+
+def extract_icons(archive: Path, dest: Path, label: str | None = None) -> Extracted:
     """Unpack static/icons/ (SVGs and the data files) of a .tar.gz into `dest`.
 
     `dest` should be a fresh temporary folder (atomic_dir): a refused archive
     may leave part of its files there. Errors name the archive as `label`
-    (e.g. its URL rather than the temporary download). Returns the entries skipped.
+    (e.g. its URL rather than the temporary download).
     """
     label = label or str(archive)
     with open(archive, "rb") as f:
@@ -176,4 +176,30 @@ def extract_icons(archive: Path, dest: Path, label: str | None = None) -> list[s
         raise ArchiveError(f"{label}: cannot extract: {e}") from e
     if not any(p.lower().endswith(".svg") for p in written):
         raise ArchiveError(f"{label}: no SVG files under static/icons/ in the top folder")
-    return skipped
+    return Extracted(top, skipped)
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def verify_sha256(path: Path, expected: str, label: str) -> None:
+    """Refuse the archive unless its sha256 is `expected` (checked before extraction)."""
+    actual = sha256_of(path)
+    if actual != expected.lower():
+        raise ArchiveError(f"{label}: sha256 mismatch: expected {expected.lower()}, got {actual}")
+
+
+def upstream_commit(top: str, revision: str, label: str) -> str:
+    """The upstream commit the icons come from: named by a GitHub source archive's top folder
+    (<repo>-<40 hex digits>/), else by fetch.revision. The credits link every icon at this
+    commit, so a disagreement or no commit at all stops the stage rather than mis-credit."""
+    m = re.fullmatch(r".+-([0-9a-f]{40})", top)
+    named = m.group(1) if m else ""
+    if named and revision and named != revision.lower():
+        raise ArchiveError(f"{label}: top folder {top!r} names commit {named}, but fetch.revision is {revision!r}")
+    if not (named or revision):
+        raise ArchiveError(f"{label}: top folder {top!r} names no commit; set fetch.revision to the upstream "
+                           f"commit the archive was made from (the credits link every icon at it)")
+    return named or revision.lower()

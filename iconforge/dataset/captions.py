@@ -3,12 +3,10 @@
     cc-by-3.0/Lab_apparatus/Servier/cuvette-pinkdarker.svg
     -> "bioicons style, cuvette in darker pink, lab apparatus"
 
-Layout: <split>/<path>.png, <split>/<path>.txt (the caption, for kohya/ai-toolkit)
-and <split>/metadata.jsonl (for `datasets.load_dataset("imagefolder", ...)`).
+The split folders' layout is iconforge.dataset.imagefolder's.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path, PurePosixPath
@@ -16,10 +14,10 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from iconforge.config import CaptionConfig
-from iconforge.names import PART_SUFFIXES, parse, words
-from iconforge.selection import kind
-
-SPLITS = ("train", "validation")
+from iconforge.dataset.names import PART_SUFFIXES, parse, words
+from iconforge.dataset.imagefolder import write_metadata
+from iconforge.dataset.selection import kind
+from iconforge.paths import SPLITS
 
 
 def _lower(word: str) -> str:
@@ -87,10 +85,7 @@ def build(rows: list[dict], credits: dict[str, dict], png_dir: Path, out: Path, 
                         "category": r["category"], "name": r["name"], "source": credit.get("source_url", "")})
     for split in SPLITS:
         (Path(out) / split).mkdir(parents=True, exist_ok=True)
-        with open(Path(out) / split / "metadata.jsonl", "w", encoding="utf-8", newline="\n") as f:
-            for rec in records:
-                if rec["split"] == split:
-                    f.write(json.dumps(rec, sort_keys=True, ensure_ascii=False) + "\n")
+        write_metadata(Path(out) / split, [rec for rec in records if rec["split"] == split])
     return sorted(records, key=lambda rec: (rec["split"], rec["file_name"]))
 
 

@@ -8,7 +8,6 @@ and a re-run redraws the same pixels.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, TypeVar
@@ -17,11 +16,12 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from .atomic import write_json
-from .config import SampleConfig
-from .errors import InputError, MissingInput
-from .grid import contact_sheet
-from .trace import png_bytes, trace_svg
+from iconforge.atomic import write_json
+from iconforge.config import SampleConfig
+from iconforge.errors import InputError, MissingInput
+from iconforge.evaluate.grid import contact_sheet
+from iconforge.evaluate.trace import png_bytes, trace_svg
+from iconforge.paths import GRID_PNG, INDEX_JSON
 
 if TYPE_CHECKING:  # diffusers is slow to import and evaluate needs only the helpers here
     from diffusers import FluxPipeline
@@ -50,20 +50,6 @@ def evenly_spaced(items: Sequence[T], k: int) -> list[T]:
     if k >= n:
         return list(items)
     return [items[i * n // k] for i in range(k)]
-
-
-def read_validation(metadata: Path) -> list[dict]:
-    """Rows of the held-out split's metadata.jsonl, sorted by file name."""
-    rows = []
-    with open(metadata, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    row = json.loads(line)
-                    rows.append((row["file_name"], row))
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise InputError(f"{metadata}:{n}: bad metadata row ({e})") from None
-    return [row for _, row in sorted(rows, key=lambda r: r[0])]
 
 
 def build_prompts(cfg: SampleConfig, trigger: str, validation: list[dict]) -> list[Prompt]:
@@ -113,7 +99,7 @@ def write_samples(out: Path, prompts: list[Prompt], base: list[Image.Image], lor
         (out / files["svg"]).write_text(trace_svg(lora_img), encoding="utf-8")
         entries.append({"index": i, "prompt": p.text, "source": p.source, "seed": p.seed, "files": files})
     sheet = contact_sheet([(p.text, b, lo) for p, b, lo in zip(prompts, base, lora)])
-    (out / "grid.png").write_bytes(png_bytes(sheet))
+    (out / GRID_PNG).write_bytes(png_bytes(sheet))
     index = {"size": cfg.size, "steps": cfg.steps, "guidance": cfg.guidance, "samples": entries}
-    write_json(out / "index.json", index)
+    write_json(out / INDEX_JSON, index)
     return index

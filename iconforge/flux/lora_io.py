@@ -14,9 +14,8 @@ import torch
 from diffusers import FluxPipeline
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
 
-from .atomic import atomic_dir, write_bytes
-
-ADAPTER_FILE = "pytorch_lora_weights.safetensors"
+from iconforge.atomic import atomic_dir, write_bytes
+from iconforge.paths import ADAPTER_FILE
 
 
 def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from iconforge.trace import count_paths, trace_svg
+from iconforge.evaluate.trace import count_paths, trace_svg
 
 ANALYSIS_SIZE = 256
 PALETTE_BITS = 4  # 16 levels per channel: merges anti-aliasing and noise into their flat colour

@@ -16,9 +16,10 @@ from typing import TYPE_CHECKING
 import torch
 from huggingface_hub import constants as hf_constants
 
-from .atomic import atomic_dir, write_json
-from .config import ModelConfig
-from .errors import StageError
+from iconforge.atomic import atomic_dir, write_json
+from iconforge.config import ModelConfig
+from iconforge.errors import StageError
+from iconforge.paths import BASE_JSON
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -26,8 +27,6 @@ if TYPE_CHECKING:
 # diffusers and the tiny builder (open_clip, transformers) are imported where used:
 # evaluate needs only read_base, and the imports cost seconds per stage.
 
-BASE_DIR = Path("models/base")
-BASE_JSON = "base.json"
 TINY, LOCAL, HUB = "tiny", "local", "hub"
 # Lets a small local diffusers model (e.g. a saved tiny pipeline) run on CPU in tests.
 ALLOW_CPU_ENV = "ICONFORGE_ALLOW_CPU"
@@ -81,7 +80,7 @@ def _missing(base: str, revision: str, reason: str) -> str:
             f"elsewhere and set model.base to the local diffusers directory (the folder with model_index.json).")
 
 
-def resolve_base(cfg: ModelConfig, out_dir: Path = BASE_DIR) -> dict:
+def resolve_base(cfg: ModelConfig, out_dir: Path) -> dict:
     """Check the base is usable here and write `out_dir` describing it; returns base.json's content."""
     kind = base_kind(cfg.base)
     require_cuda(kind, cfg.base)
@@ -93,21 +92,21 @@ def resolve_base(cfg: ModelConfig, out_dir: Path = BASE_DIR) -> dict:
     info = {"base": cfg.base, "kind": kind, "revision": cfg.revision if kind == HUB else ""}
     with atomic_dir(out_dir) as tmp:
         if kind == TINY:
-            from .tiny import build_tiny_pipeline
+            from iconforge.flux.tiny import build_tiny_pipeline
 
             build_tiny_pipeline().save_pretrained(tmp)
         write_json(tmp / BASE_JSON, info)
     return info
 
 
-def read_base(base_dir: Path = BASE_DIR) -> dict:
+def read_base(base_dir: Path) -> dict:
     path = Path(base_dir) / BASE_JSON
     if not path.is_file():
         raise ModelError(f"{path}: missing; run the train_lora stage first (it writes models/base)")
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def model_source(base_dir: Path = BASE_DIR, device: torch.device | str | None = None) -> Path:
+def model_source(base_dir: Path, device: torch.device | str | None = None) -> Path:
     """The local diffusers folder holding the base that `resolve_base` recorded in `base_dir`."""
     info = read_base(base_dir)
     kind, base = info["kind"], info["base"]
@@ -120,7 +119,7 @@ def model_source(base_dir: Path = BASE_DIR, device: torch.device | str | None = 
     return source
 
 
-def load_pipeline(base_dir: Path = BASE_DIR, device: torch.device | str = "cpu",
+def load_pipeline(base_dir: Path, device: torch.device | str = "cpu",
                   dtype: torch.dtype = torch.float32, **components) -> FluxPipeline:
     """The base FluxPipeline recorded in `base_dir`, on `device` in `dtype`.
     `components` go to from_pretrained, e.g. transformer=None to skip loading it."""

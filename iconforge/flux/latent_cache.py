@@ -10,7 +10,6 @@ entries no longer needed are pruned.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,16 +21,11 @@ from diffusers.training_utils import free_memory
 from safetensors.torch import load_file, save
 from tqdm import tqdm
 
-from .atomic import write_bytes
-from .errors import StageError
-from .models import model_source
+from iconforge.atomic import write_bytes
+from iconforge.flux.models import model_source
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FluxPipeline's default at inference
 EMPTY_CAPTION = ""
-
-
-class DataError(StageError, ValueError):
-    """The training split is missing or malformed; the message names the file."""
 
 
 @dataclass(frozen=True)
@@ -52,23 +46,6 @@ def _key(*parts: str | bytes) -> str:
 
 def text_key(scope: str, caption: str) -> str:
     return _key("text", scope, str(MAX_SEQUENCE_LENGTH), caption)
-
-
-def read_metadata(split_dir: Path) -> list[dict]:
-    """Rows of an imagefolder split's metadata.jsonl, with file_name and text."""
-    path = Path(split_dir) / "metadata.jsonl"
-    if not path.is_file():
-        raise DataError(f"{path}: missing; run the caption stage first")
-    rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            rows.append({"file_name": str(row["file_name"]), "text": str(row["text"])})
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise DataError(f"{path}:{n}: bad row ({e!r})") from None
-    return sorted(rows, key=lambda r: r["file_name"])
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:

@@ -14,11 +14,9 @@ import unicodedata
 from pathlib import Path
 from urllib.parse import quote
 
-from iconforge.licenses import LICENSES, NOTICE_LICENSES
+from iconforge.dataset.licenses import LICENSES, NOTICE_LICENSES
 
 UPSTREAM = "https://github.com/duerrsimon/bioicons"
-UPSTREAM_COMMIT = "f3f18b8617323229444e55b138c5f3abc432beae"  # the snapshot fetch pins
-SOURCE_BASE = f"{UPSTREAM}/blob/{UPSTREAM_COMMIT}/static/icons/"
 CHANGES = "rasterized from SVG to PNG, scaled and padded to a square"
 CREDIT_COLUMNS = ["path", "title", "author", "author_url", "license", "license_name", "license_url",
                   "needs_attribution", "share_alike", "source_url", "changes"]
@@ -58,8 +56,14 @@ def _safe_url(url: object) -> str:
     return quote(url.strip(), safe=":/?#[]@!$&'*+,;=%~")
 
 
-def credit_rows(rows: list[dict[str, str]], authors: dict[str, str]) -> list[dict[str, str]]:
-    """One credit row per kept icon, in the order given."""
+def source_base(commit: str) -> str:
+    """Where the icons of upstream `commit` are (data/source.json records the commit fetch extracted)."""
+    return f"{UPSTREAM}/blob/{commit}/static/icons/"
+
+
+def credit_rows(rows: list[dict[str, str]], authors: dict[str, str], commit: str) -> list[dict[str, str]]:
+    """One credit row per kept icon, in the order given, its source linked at `commit`."""
+    base = source_base(commit)
     out = []
     for r in rows:
         lic = LICENSES[r["license"]]
@@ -74,7 +78,7 @@ def credit_rows(rows: list[dict[str, str]], authors: dict[str, str]) -> list[dic
             "license_url": lic.url,
             "needs_attribution": str(lic.needs_attribution).lower(),
             "share_alike": str(lic.share_alike).lower(),
-            "source_url": SOURCE_BASE + quote(r["path"]),
+            "source_url": base + quote(r["path"]),
             "changes": CHANGES,
         })
     return out
@@ -108,7 +112,7 @@ def _icon_lists(credits: list[dict[str, str]]) -> list[str]:
     return lines
 
 
-def render_markdown(credits: list[dict[str, str]], unmatched: list[str], notices: dict[str, str]) -> str:
+def render_markdown(credits: list[dict[str, str]], unmatched: list[str], notices: dict[str, str], commit: str) -> str:
     """ATTRIBUTION.md; `notices` maps mit/bsd to the LICENSE text shipped with those icons."""
     need = [c for c in credits if c["needs_attribution"] == "true"]
     free = [c for c in credits if c["needs_attribution"] == "false"]
@@ -116,7 +120,7 @@ def render_markdown(credits: list[dict[str, str]], unmatched: list[str], notices
         "# Attribution",
         "",
         f"The images in this dataset are made from icons of [bioicons](https://bioicons.com), "
-        f"source {UPSTREAM} at commit `{UPSTREAM_COMMIT}`. "
+        f"source {UPSTREAM} at commit `{commit}`. "
         f"**Every image was modified:** {CHANGES}. Each icon keeps the license of its source; "
         f"`credits.csv` holds the same credits as a table (title, author, source, license, changes).",
         "",

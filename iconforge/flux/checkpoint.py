@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save
 
-from .atomic import atomic_dir
+from iconforge.atomic import atomic_dir
 
 KEEP = 2
 PREFIX = "step-"

@@ -21,9 +21,11 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image
 from tqdm import tqdm
 
-from .errors import InputError, StageError
-from .sampling import evenly_spaced, read_validation
-from .style_metrics import METRICS, style_metrics
+from iconforge.errors import InputError, StageError
+from iconforge.dataset.imagefolder import read_metadata
+from iconforge.evaluate.sampling import evenly_spaced
+from iconforge.evaluate.style import METRICS, style_metrics
+from iconforge.paths import METADATA
 
 CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0
 RANDOM_CLIP_SEED = 0
@@ -145,10 +147,9 @@ def cmmd(x: torch.Tensor, y: torch.Tensor, sigma: float = CMMD_SIGMA, scale: flo
 
 def load_real_images(validation_dir: Path, max_images: int) -> list[Image.Image]:
     """At most `max_images` held-out icons, spread evenly over the file-name order."""
-    metadata = validation_dir / "metadata.jsonl"
-    rows = read_validation(metadata)
+    rows = read_metadata(validation_dir)
     if not rows:
-        raise InputError(f"{metadata}: no held-out images; evaluate compares against them "
+        raise InputError(f"{Path(validation_dir) / METADATA}: no held-out images; evaluate compares against them "
                          f"(is filter.val_fraction 0?)")
     images = []
     for row in evenly_spaced(rows, max_images):

@@ -5,7 +5,7 @@ A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
 go first (longest-processing-time scheduling) so the slowest icons do not end
 up alone on one core at the end of the run. Icons whose mark is white-only are
-flattened onto dark grey (iconforge.svg); the summary lists them.
+flattened onto dark grey (iconforge.dataset.svg); the summary lists them.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, write_bytes, write_text
 from iconforge.config import RasterizeConfig
-from iconforge.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
+from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
 
 
 @dataclass(frozen=True)
@@ -158,7 +158,7 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
         # Workers fork from a clean forkserver, not from this process: their address-space
         # limit must not count what the caller has mapped (torch alone maps ~3 GB).
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["iconforge.svg"])
+        context.set_forkserver_preload(["iconforge.dataset.svg"])
         with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
                          context=context) as pool:
             futures = {pool.schedule(_render_file, args=(str(raw_dir / p), cfg.size, cfg.margin, cfg.renderer,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 
-from iconforge.names import parse
+from iconforge.dataset.names import parse
 
 
 def group_key(row: dict[str, str]) -> str:

@@ -12,7 +12,7 @@ plain SVG to a renderer, which draws it onto a transparent canvas:
     every other link, after a font fallback (see _add_font_fallback).
 The drawing is then flattened onto white, or onto dark grey when its ink is
 (almost) all white, and encoded once. "Blank" means nothing visible was drawn.
-Time and memory bounds are the caller's job (iconforge.rasterize).
+Time and memory bounds are the caller's job (iconforge.dataset.rasterize).
 """
 from __future__ import annotations
 

@@ -1,0 +1,436 @@
+"""Flow-matching LoRA training of the FLUX transformer (the published FLUX recipe).
+
+Per step: cached VAE latent x (scaled, 16 channels), noise n, sigma s drawn by
+the timestep scheme and shifted for the image's token count like FLUX's
+sampler (mu from `calculate_shift`), noisy = (1 - s) x + s n, and the
+transformer, fed packed 2x2 latents, their position ids, the cached text
+embeddings (empty caption with probability caption_dropout) and the guidance
+embedding, predicts the velocity n - x (MSE loss). Only the LoRA weights train.
+
+Every random draw of a step comes from a generator seeded by (seed, step), and
+the data order is a function of (seed, epoch), so a run resumed from a
+checkpoint ends byte-identical to an uninterrupted one.
+
+Under `accelerate launch --num_processes N` each process draws its own shard of
+every step (batch_indices(rank, world)) and DDP averages the gradients, so one
+optimizer step sees batch_size * grad_accum * N images. The main process alone
+encodes the data set and writes files and the MLflow run; the others wait for
+it and read what it wrote (the repo must be on a filesystem all processes see).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import resource
+import sys
+import time
+import dataclasses
+from dataclasses import asdict, dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
+from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+from diffusers.training_utils import cast_training_params, compute_density_for_timestep_sampling
+from tqdm import tqdm
+
+from iconforge import tracking
+from iconforge.atomic import write_json
+from iconforge.config import ConfigError, ModelConfig, TrainConfig
+from iconforge.flux.checkpoint import (Checkpoint, clear_checkpoints, latest_checkpoint, rng_state, save_checkpoint,
+                                       set_rng_state)
+from iconforge.dataset.imagefolder import read_metadata
+from iconforge.errors import InputError, StageError
+from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, Example, build_cache, load_entry
+from iconforge.flux.lora_io import adapter_state, add_lora, load_adapter_state, save_adapter
+from iconforge.flux.models import model_source
+from iconforge.tables import write_csv
+
+WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+# The other processes wait in a collective while the main one downloads the base (~30 GB) and
+# encodes the data set: far longer than NCCL's default 10 min timeout.
+SETUP_TIMEOUT = timedelta(hours=2)
+
+
+class LaunchError(StageError, RuntimeError):
+    """The processes were not started the way accelerate needs; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """What train() reads and writes (the stage passes the contract's, iconforge.paths)."""
+    dataset: Path  # the imagefolder train split
+    base: Path  # models/base, written by resolve_base
+    lora: Path
+    checkpoints: Path
+    run_json: Path
+    metrics: Path
+    loss_csv: Path
+
+    @property
+    def cache(self) -> Path:
+        return self.checkpoints / "cache"
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Settings this machine cannot run, refused before any work."""
+    if cfg.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision: fp16 needs a CUDA GPU; use bf16 or no on CPU, got 'fp16'")
+    if cfg.optimizer == "adamw8bit":
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ConfigError("train.optimizer: adamw8bit needs the bitsandbytes package "
+                              "(pip install bitsandbytes), which is not installed") from None
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """This process's Accelerator; under `accelerate launch` it joins the other processes."""
+    acc = Accelerator(mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.grad_accum,
+                      kwargs_handlers=[InitProcessGroupKwargs(timeout=SETUP_TIMEOUT)])
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if acc.num_processes != launched:  # e.g. --multi_gpu without CUDA: N unaware copies would each write
+        raise LaunchError(f"{launched} processes were launched but accelerate joined {acc.num_processes}; "
+                          f"without CUDA set ACCELERATE_USE_CPU=1 to train on CPU processes (gloo)")
+    return acc
+
+
+def _seed(*parts: int) -> int:
+    """A 64-bit seed mixed from integers (numpy's SeedSequence), e.g. (seed, step)."""
+    return int(np.random.SeedSequence([p & 0xFFFFFFFFFFFFFFFF for p in parts]).generate_state(1, np.uint64)[0])
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_order(seed: int, n: int, epoch: int) -> list[int]:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed(seed, 1, epoch))).tolist()
+
+
+def batch_indices(seed: int, n: int, micro: int, batch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """Example indices of micro-batch `micro` on process `rank`: a fresh shuffle each epoch."""
+    first = (micro * world + rank) * batch
+    return [_epoch_order(seed, n, p // n)[p % n] for p in range(first, first + batch)]
+
+
+def sample_sigmas(scheme: str, n: int, mu: float, scheduler: FlowMatchEulerDiscreteScheduler,
+                  g: torch.Generator) -> torch.Tensor:
+    """Noise levels in (0, 1): t from the scheme, shifted towards noise for large images like FLUX's sampler."""
+    if scheme == "uniform":
+        t = torch.rand(n, generator=g)
+    elif scheme == "sigmoid":  # sigmoid of a standard normal
+        t = torch.sigmoid(torch.randn(n, generator=g))
+    else:  # logit_normal, diffusers' SD3/FLUX weighting with mean 0, std 1
+        t = compute_density_for_timestep_sampling("logit_normal", n, logit_mean=0.0, logit_std=1.0, generator=g)
+    return scheduler.time_shift(mu, 1.0, t.clamp(1e-5, 1.0))
+
+
+def prepare_transformer(transformer: FluxTransformer2DModel, cfg: TrainConfig) -> list[torch.nn.Parameter]:
+    """Frozen base plus a fresh adapter whose weights train in fp32 (also under mixed precision);
+    returns the trainable parameters."""
+    transformer.requires_grad_(False)
+    add_lora(transformer, cfg.rank, cfg.alpha, cfg.target_modules, cfg.seed)
+    cast_training_params(transformer, torch.float32)
+    if cfg.gradient_checkpointing:
+        transformer.enable_gradient_checkpointing()
+    return [p for p in transformer.parameters() if p.requires_grad]
+
+
+def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter],
+                   num_processes: int = 1) -> tuple[torch.optim.Optimizer, object]:
+    """The optimizer and its LR schedule. accelerate steps a prepared scheduler once per process
+    per optimizer step, so its step counts are scaled by the number of processes."""
+    if cfg.optimizer == "adamw8bit":
+        import bitsandbytes as bnb  # checked by preflight
+        optimizer = bnb.optim.AdamW8bit(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                      fused=cfg.optimizer == "adamw_fused")
+    # diffusers' "constant" ignores warmup; "constant_with_warmup" is what train.warmup_steps asks for.
+    name = "constant_with_warmup" if cfg.lr_scheduler == "constant" and cfg.warmup_steps else cfg.lr_scheduler
+    lr_scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps * num_processes,
+                                 num_training_steps=cfg.steps * num_processes)
+    return optimizer, lr_scheduler
+
+
+def params_hash(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, examples: list[Example],
+                world: int) -> str:
+    """What a checkpoint must match to be resumed: every input of the math (no operational knob)."""
+    train = {k: v for k, v in asdict(cfg).items() if k not in TrainConfig.operational()}
+    blob = json.dumps({"model": asdict(model_cfg), "train": train, "base": base_info, "world": world,
+                       "data": [asdict(e) for e in examples]}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def peak_memory_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _stack(entries: list[dict], name: str) -> torch.Tensor:
+    return torch.stack([e[name].float() for e in entries])
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """What every micro-batch of one run shares: latent geometry (c, h, w), FLUX's sigma
+    shift mu for that token count, and the position ids, guidance, device and dtype."""
+    c: int
+    h: int
+    w: int
+    mu: float
+    scheduler: FlowMatchEulerDiscreteScheduler
+    img_ids: torch.Tensor
+    txt_ids: torch.Tensor
+    guidance: torch.Tensor
+    device: torch.device
+    dtype: torch.dtype
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, latent_shape: tuple[int, int, int], scheduler: FlowMatchEulerDiscreteScheduler,
+              device: torch.device, dtype: torch.dtype) -> StepContext:
+        c, h, w = latent_shape
+        sc = scheduler.config
+        mu = calculate_shift((h // 2) * (w // 2), sc.base_image_seq_len, sc.max_image_seq_len, sc.base_shift,
+                             sc.max_shift)
+        return cls(c, h, w, mu, scheduler, FluxPipeline._prepare_latent_image_ids(None, h // 2, w // 2, device, dtype),
+                   torch.zeros(MAX_SEQUENCE_LENGTH, 3, device=device, dtype=dtype),
+                   torch.full((cfg.batch_size,), cfg.guidance, device=device, dtype=torch.float32), device, dtype)
+
+
+def noisy_inputs(cfg: TrainConfig, ctx: StepContext, x: torch.Tensor, embeds: torch.Tensor, pooled: torch.Tensor,
+                 g: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Clean latents x -> (packed noisy latents, sigma, embeds, pooled, packed velocity target)."""
+    n = len(x)
+    noise = torch.randn(x.shape, generator=g)
+    s = sample_sigmas(cfg.timestep_sampling, n, ctx.mu, ctx.scheduler, g)
+    noisy = (1 - s[:, None, None, None]) * x + s[:, None, None, None] * noise
+    pack = functools.partial(FluxPipeline._pack_latents, batch_size=n, num_channels_latents=ctx.c,
+                             height=ctx.h, width=ctx.w)
+    return (pack(noisy).to(ctx.device, ctx.dtype), s.to(ctx.device, ctx.dtype), embeds.to(ctx.device, ctx.dtype),
+            pooled.to(ctx.device, ctx.dtype), pack(noise - x).to(ctx.device))
+
+
+def cached_batch(cfg: TrainConfig, ctx: StepContext, examples: list[Example], empty_key: str, cache: Path,
+                 micro: int, rank: int = 0, world: int = 1) -> tuple[torch.Tensor, ...]:
+    """Micro-batch `micro` of process `rank`, read from the latent / text-embedding cache:
+    a latent drawn from each image's VAE distribution, its caption (or the empty one)."""
+    g = torch.Generator().manual_seed(_seed(cfg.seed, 0, micro, rank))
+    idx = batch_indices(cfg.seed, len(examples), micro, cfg.batch_size, rank, world)
+    lat = [load_entry(cache, examples[i].image_key) for i in idx]
+    x = _stack(lat, "mean") + _stack(lat, "std") * torch.randn((len(idx), ctx.c, ctx.h, ctx.w), generator=g)
+    drop = (torch.rand(len(idx), generator=g) < cfg.caption_dropout).tolist()
+    txt = [load_entry(cache, empty_key if d else examples[i].text_key) for i, d in zip(idx, drop)]
+    return noisy_inputs(cfg, ctx, x, _stack(txt, "prompt_embeds"), _stack(txt, "pooled"), g)
+
+
+def train_step(acc: Accelerator, transformer, optimizer, lr_scheduler, params: list[torch.nn.Parameter],
+               ctx: StepContext, batch: tuple[torch.Tensor, ...], max_grad_norm: float) -> torch.Tensor:
+    """One micro-batch forward/backward; the optimizer steps when accumulation is complete.
+    Returns the mean loss over processes as a device tensor: reading it is a host sync."""
+    hidden, sigma, embeds, pooled, target = batch
+    with acc.accumulate(transformer):
+        pred = transformer(hidden_states=hidden, timestep=sigma, guidance=ctx.guidance[:len(sigma)],
+                           pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=ctx.txt_ids,
+                           img_ids=ctx.img_ids, return_dict=False)[0]
+        loss = F.mse_loss(pred.float(), target.float())
+        acc.backward(loss)
+        if acc.sync_gradients:
+            acc.clip_grad_norm_(params, max_grad_norm)
+        optimizer.step()
+        lr_scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+    return acc.gather(loss.detach()[None]).mean()
+
+
+@dataclass
+class Run:
+    """What setup() prepares and fit() / write() use: one training run in this process."""
+    model_cfg: ModelConfig
+    cfg: TrainConfig
+    paths: Paths
+    acc: Accelerator
+    examples: list[Example]
+    empty_key: str  # cache key of the empty caption (caption dropout)
+    skipped: list[dict]  # images that could not be used, with the reason
+    transformer: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: object
+    params: list[torch.nn.Parameter]
+    ctx: StepContext
+    params_hash: str
+    start: int = 0  # first step to train: > 0 when resumed
+    history: list[tuple[int, float, float]] = dataclasses.field(default_factory=list)  # (step, loss, lr)
+    run_id: str | None = None  # the MLflow run to continue
+
+    @property
+    def images_per_step(self) -> int:
+        return self.cfg.batch_size * self.cfg.grad_accum * self.acc.num_processes
+
+
+def encode(cfg: TrainConfig, paths: Paths, base_info: dict, acc: Accelerator) -> tuple[list[Example], str, list[dict]]:
+    """Latents and text embeddings of the train split, cached once by the main process; every process
+    gets (examples, empty-caption key, skipped images)."""
+    built = None
+    if acc.is_main_process:
+        built = build_cache(read_metadata(paths.dataset), paths.dataset, paths.base, json.dumps(base_info, sort_keys=True),
+                            cfg.resolution, paths.cache, acc.device, WEIGHT_DTYPES[cfg.mixed_precision])
+        for s in built[2]:
+            print(f"train_lora: skipped {s['file']}: {s['reason']}", file=sys.stderr)
+    examples, empty_key, skipped = broadcast_object_list([built])[0]
+    if not examples:
+        raise InputError(f"{paths.dataset}: no usable training images")
+    return examples, empty_key, skipped
+
+
+def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> Run:
+    """Encode the data, build the transformer with a fresh adapter and its optimizer, and resume
+    from the last checkpoint of the same params if there is one."""
+    device, wdtype = acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
+    examples, empty_key, skipped = encode(cfg, paths, base_info, acc)
+    source = model_source(paths.base, device)
+    transformer = FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=wdtype)
+    params = prepare_transformer(transformer, cfg)
+    scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
+
+    phash = params_hash(model_cfg, cfg, base_info, examples, acc.num_processes)
+    ckpt = latest_checkpoint(paths.checkpoints)
+    resume = ckpt is not None and ckpt.meta.get("params_hash") == phash
+    acc.wait_for_everyone()  # all have read it before the main process may delete it
+    if ckpt is not None and not resume and acc.is_main_process:
+        print(f"train_lora: not resuming from step {ckpt.step} (params or data changed); starting fresh",
+              file=sys.stderr)
+        clear_checkpoints(paths.checkpoints, keep=(paths.cache.name,))  # the cache is keyed by content
+    if resume:
+        load_adapter_state(transformer, ckpt.adapter)
+    transformer.to(device)
+    optimizer, lr_scheduler = make_optimizer(cfg, params, acc.num_processes)
+    run = Run(model_cfg, cfg, paths, acc, examples, empty_key, skipped, transformer, optimizer, lr_scheduler, params,
+              StepContext.build(cfg, tuple(load_entry(paths.cache, examples[0].image_key)["mean"].shape), scheduler,
+                                device, wdtype), phash)
+    if resume:
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        lr_scheduler.load_state_dict(ckpt.state["lr_scheduler"])
+        set_rng_state(ckpt.state["rng"][acc.process_index])
+        run.start, run.history, run.run_id = ckpt.step, [tuple(h) for h in ckpt.meta["history"]], ckpt.meta.get("run_id")
+        if acc.is_main_process:
+            print(f"train_lora: resuming from step {run.start} ({paths.checkpoints})", file=sys.stderr)
+    run.transformer, run.optimizer, run.lr_scheduler = acc.prepare(transformer, optimizer, lr_scheduler)
+    if resume and acc.scaler is not None and ckpt.state.get("scaler"):
+        acc.scaler.load_state_dict(ckpt.state["scaler"])
+    if acc.is_main_process:
+        print(f"train_lora: effective batch size {run.images_per_step} = batch_size {cfg.batch_size} x grad_accum "
+              f"{cfg.grad_accum} x {acc.num_processes} process(es)", file=sys.stderr)
+    return run
+
+
+def _checkpoint(run: Run, step: int, mlflow_run_id: str) -> None:
+    rngs = gather_object([rng_state()])  # a collective: every process takes part
+    if run.acc.is_main_process:
+        save_checkpoint(run.paths.checkpoints, Checkpoint(
+            step, {"params_hash": run.params_hash, "run_id": mlflow_run_id, "history": run.history},
+            adapter_state(run.acc.unwrap_model(run.transformer)),
+            {"optimizer": run.optimizer.state_dict(), "lr_scheduler": run.lr_scheduler.state_dict(),
+             "scaler": run.acc.scaler.state_dict() if run.acc.scaler is not None else None, "rng": rngs}))
+
+
+def fit(run: Run, mlflow_run_id: str | None) -> float:
+    """The training loop, from run.start to cfg.steps; returns its wall-clock seconds.
+
+    Losses stay on the device until the log interval (or a checkpoint), where one host sync
+    turns them into run.history and the MLflow batch. The final step is checkpointed too: a
+    run killed while writing its outputs resumes with nothing left to train.
+    """
+    cfg, acc = run.cfg, run.acc
+    run.transformer.train()
+    bar = tqdm(total=cfg.steps, initial=run.start, desc="train_lora", unit="step", disable=not acc.is_main_process)
+    pending: list[tuple[int, float, list[torch.Tensor]]] = []  # (step, lr, micro-batch losses) not yet read
+    t_loop = t_log = time.perf_counter()
+    for step in range(run.start, cfg.steps):
+        losses = []
+        for k in range(cfg.grad_accum):
+            batch = cached_batch(cfg, run.ctx, run.examples, run.empty_key, run.paths.cache, step * cfg.grad_accum + k,
+                                 acc.process_index, acc.num_processes)
+            losses.append(train_step(acc, run.transformer, run.optimizer, run.lr_scheduler, run.params, run.ctx,
+                                     batch, cfg.max_grad_norm))
+        done = step + 1
+        pending.append((done, float(run.lr_scheduler.get_last_lr()[0]), losses))
+        bar.update(1)
+        checkpoint_now = done % cfg.checkpoint_every == 0 or done == cfg.steps
+        if len(pending) >= cfg.log_every or checkpoint_now:
+            values = torch.stack([l for _, _, ls in pending for l in ls]).tolist()  # the host sync
+            rows = []
+            for i, (s, lr, _) in enumerate(pending):
+                loss = float(np.mean(values[i * cfg.grad_accum:(i + 1) * cfg.grad_accum]))
+                run.history.append((s, loss, lr))
+                rows.append((s, {"loss": loss, "lr": lr}))
+            now = time.perf_counter()
+            rows[-1][1]["images_per_s"] = run.images_per_step * len(pending) / (now - t_log)
+            bar.set_postfix(loss=f"{run.history[-1][1]:.4f}")
+            if acc.is_main_process:
+                tracking.log_step_metrics(mlflow_run_id, rows)
+            pending, t_log = [], now
+        if checkpoint_now:
+            _checkpoint(run, done, mlflow_run_id)
+    bar.close()
+    acc.wait_for_everyone()
+    return time.perf_counter() - t_loop
+
+
+def write(run: Run, loop_s: float, total_s: float) -> dict:
+    """The adapter, the loss curve and train.json (main process); returns train.json's content."""
+    cfg, paths = run.cfg, run.paths
+    adapter = save_adapter(run.acc.unwrap_model(run.transformer), paths.lora)
+    write_csv(paths.loss_csv, [{"step": s, "loss": repr(l), "lr": repr(r)} for s, l, r in run.history],
+              ["step", "loss", "lr"])
+    ran = cfg.steps - run.start
+    metrics = {
+        "final_loss": float(np.mean([l for _, l, _ in run.history[-10:]])),
+        "steps": cfg.steps,
+        "resumed_from_step": run.start,
+        "seconds_per_step": loop_s / ran if ran else 0.0,
+        "images_per_s": run.images_per_step * ran / loop_s if ran and loop_s else 0.0,
+        "peak_memory_mb": peak_memory_mb(),
+        "effective_batch_size": run.images_per_step,
+        "trainable_params": sum(p.numel() for p in run.params),
+        "train_images": len(run.examples),
+        "skipped_images": len(run.skipped),
+        "total_seconds": total_s,
+    }
+    write_json(paths.metrics, metrics)
+    if run.skipped:
+        mlflow.log_text("".join(f"{s['file']}\t{s['reason']}\n" for s in run.skipped), "skipped_images.tsv")
+    mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()}, step=cfg.steps)
+    mlflow.log_artifact(str(adapter), artifact_path="lora")
+    mlflow.log_artifact(str(paths.loss_csv), artifact_path="metrics")
+    return metrics
+
+
+def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> dict:
+    """setup, fit, write: models/lora, metrics and the MLflow run; then empty the checkpoints.
+    Returns train.json's content on the main process, {} on the others."""
+    t_start = time.perf_counter()
+    run = setup(model_cfg, cfg, base_info, paths, acc)
+    main = acc.is_main_process
+    with tracking.start_run("train_lora", run.run_id) if main else contextlib.nullcontext() as mlrun:
+        run_id = mlrun.info.run_id if main else None
+        if main and not mlflow.get_run(run_id).data.params:  # a resumed run has them already
+            mlflow.log_params({**tracking.flat_params(model_cfg, cfg), "train.num_processes": acc.num_processes,
+                               "train.effective_batch_size": run.images_per_step})
+        loop_s = fit(run, run_id)
+        if not main:
+            return {}
+        metrics = write(run, loop_s, time.perf_counter() - t_start)
+        tracking.write_run_json(mlrun, paths.run_json)
+    # Done: the checkpoints and the encoding cache only served to resume; models/lora is the result.
+    clear_checkpoints(paths.checkpoints)
+    return metrics

@@ -1,0 +1,79 @@
+"""The data contract: every path a stage reads or writes, defined once.
+
+Paths are relative to the repository root, where DVC runs every stage; dvc.yaml
+names the same paths as each stage's deps and outs (tests/test_contract.py
+checks that the two agree). Library code takes paths as arguments; the stage
+shells pass these. File names inside those folders that a reader must find
+(the adapter, base.json, metadata.jsonl, ...) are defined here too.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Names of files inside the contract folders.
+METADATA = "metadata.jsonl"  # an imagefolder split's captions, read by `datasets.load_dataset("imagefolder")`
+ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+BASE_JSON = "base.json"  # which base model train_lora resolved (models/base/)
+SPLITS = ("train", "validation")
+INDEX_JSON = "index.json"  # samples/: every sample's prompt, seed and files
+GRID_PNG = "grid.png"  # samples/: base vs LoRA contact sheet
+
+# fetch
+RAW = Path("data/raw")  # the archive's static/icons/ tree
+MANIFEST = Path("data/manifest.csv")  # one row per extracted SVG
+SOURCE = Path("data/source.json")  # what fetch extracted: URL, archive sha256, top folder, upstream commit
+
+# filter_license
+FILTERED = Path("data/filtered.csv")  # kept icons with variant group and split
+FILTER_REJECTS = Path("data/filter_rejects.csv")
+CREDITS = Path("data/credits.csv")
+ATTRIBUTION = Path("data/ATTRIBUTION.md")
+
+# rasterize
+PNG = Path("data/png")
+RASTER_REJECTS = Path("data/raster_rejects.csv")
+RASTER_BACKGROUNDS = Path("data/raster_backgrounds.csv")  # icons not drawn on white
+RASTER_CACHE = Path("data/raster_cache")  # content-keyed renders, persisted across runs
+
+# caption
+DATASET = Path("data/dataset")  # Hugging Face imagefolder: <split>/<path>.png, .txt, metadata.jsonl
+TRAIN_SPLIT = DATASET / "train"
+VALIDATION_SPLIT = DATASET / "validation"
+VALIDATION_METADATA = VALIDATION_SPLIT / METADATA
+DATA_METRICS = Path("metrics/data.json")
+
+# train_lora
+BASE = Path("models/base")
+BASE_INFO = BASE / BASE_JSON
+LORA = Path("models/lora")
+LORA_FILE = LORA / ADAPTER_FILE
+CHECKPOINTS = Path("models/checkpoints")  # resume state of an interrupted training
+RUN_JSON = Path("models/run.json")  # the MLflow run that train_lora started and sample/evaluate log into
+TRAIN_METRICS = Path("metrics/train.json")
+LOSS_CSV = Path("metrics/loss.csv")
+
+# sample
+SAMPLES = Path("samples")
+SAMPLES_INDEX = SAMPLES / INDEX_JSON
+SAMPLES_GRID = SAMPLES / GRID_PNG
+
+# evaluate
+EVAL_METRICS = Path("metrics/eval.json")
+EVAL_PER_PROMPT = Path("metrics/eval_per_prompt.csv")
+
+# Beside the pipeline, in the repository root: the default MLflow store and its artifacts.
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+
+
+def repo_root() -> Path:
+    """The repository a stage belongs to, also when DVC runs it in a throwaway copy.
+
+    `dvc exp run --queue` and `--temp` run the stages in a copy under .dvc/tmp/exps/
+    that DVC deletes afterwards; for every stage command DVC sets DVC_ROOT, which for
+    those copies names the original repository. So the MLflow store and paths
+    relative to the repo (fetch.url) resolve there, never inside the copy.
+    Outside DVC it is the cwd (stages run from the repo root).
+    """
+    return Path(os.environ.get("DVC_ROOT") or Path.cwd()).resolve()
