@@ -1,7 +1,6 @@
 """Every stage reports a problem the user can fix as one line naming the stage
 and the cause, exit status 1, no traceback."""
 import os
-import shutil
 import subprocess
 import sys
 

@@ -1,6 +1,7 @@
 """evaluate stage: style metrics, CLIP score, CMMD, and the stage on the tiny preset (random CLIP)."""
 import csv
 import json
+import os
 import time
 from pathlib import Path
 
@@ -46,6 +47,10 @@ def run_json(tmp_path_factory) -> Path:
     return root / "run.json"
 
 
+def store_of(run_json: Path) -> str:
+    return f"sqlite:///{run_json.parent / 'mlflow.db'}"
+
+
 @pytest.fixture
 def project(tmp_path, run_json, monkeypatch) -> Path:
     """samples/ (base = noise, LoRA = flat icons), 5 held-out real icons, a tiny base, the run."""
@@ -69,6 +74,7 @@ def project(tmp_path, run_json, monkeypatch) -> Path:
         entries.append({"index": i, "prompt": f"bioicons style, thing {i}", "seed": i,
                         "files": {"base": f"base/{i:03d}.png", "lora": f"lora/{i:03d}.png"}})
     write_json(samples / "index.json", {"samples": entries})
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_of(run_json))
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -140,7 +146,7 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
         (f"bioicons style, thing {i}", k) for i in range(N_PROMPTS) for k in ("base", "lora")]
 
     run = json.loads((project / "models/run.json").read_text())
-    logged = mlflow.MlflowClient(run["tracking_uri"]).get_run(run["run_id"]).data.metrics
+    logged = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run["run_id"]).data.metrics
     assert logged["eval.lora.clip_score"] == pytest.approx(m["lora"]["clip_score"])
     assert logged["eval.gap.base.palette_size"] == pytest.approx(m["gap"]["base"]["palette_size"])
 

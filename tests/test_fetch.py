@@ -3,6 +3,7 @@ import csv
 import hashlib
 import http.server
 import io
+import json
 import os
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
 from iconforge.dataset import archive
 from stages import fetch
 
-TOP = "bioicons-0123abcd"
+COMMIT = "0123abcd" * 5  # the upstream commit a GitHub source archive names in its top folder
+TOP = f"bioicons-{COMMIT}"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><rect width="5" height="5"/></svg>'
 # static/icons/ paths -> content; plus files the stage must skip.
 ICONS = {
@@ -40,24 +42,24 @@ def add(tar, name, data=b"", type_=tarfile.REGTYPE, linkname=""):
     tar.addfile(info, io.BytesIO(data) if info.size else None)
 
 
-def make_archive(path, extra=(), extra_first=False):
+def make_archive(path, extra=(), extra_first=False, top=TOP):
     """A GitHub-like source archive: one top folder with static/icons/ inside, plus `extra` entries."""
     with tarfile.open(path, "w:gz") as tar:
         for e in extra if extra_first else ():
             add(tar, *e)
-        add(tar, TOP, type_=tarfile.DIRTYPE)
+        add(tar, top, type_=tarfile.DIRTYPE)
         for rel, data in [*SKIPPED.items(), *((f"static/icons/{k}", v) for k, v in ICONS.items())]:
-            add(tar, f"{TOP}/{rel}", data)
+            add(tar, f"{top}/{rel}", data)
         for e in () if extra_first else extra:
             add(tar, *e)
     return path
 
 
-def run_stage(repo, url, sha256="", retries=1):
+def run_stage(repo, url, sha256="", retries=1, revision=""):
     """Run the real stage module in `repo` (its cwd) with a params.yaml naming `url`."""
     repo.mkdir(parents=True, exist_ok=True)
-    (repo / "params.yaml").write_text(
-        f"fetch:\n  url: '{url}'\n  sha256: '{sha256}'\n  timeout_s: 5\n  retries: {retries}\n")
+    (repo / "params.yaml").write_text(f"fetch:\n  url: '{url}'\n  sha256: '{sha256}'\n  revision: '{revision}'\n"
+                                      f"  timeout_s: 5\n  retries: {retries}\n")
     cwd = os.getcwd()
     os.chdir(repo)
     try:
@@ -269,7 +271,7 @@ def test_http_errors(tmp_path, serve):
 def test_stage_subprocess_exits_cleanly_on_hostile_archive(tmp_path):
     src = make_archive(tmp_path / "evil.tar.gz", [(f"{TOP}/static/icons/../../escaped.svg", SVG)])
     (tmp_path / "params.yaml").write_text(
-        "fetch:\n  url: evil.tar.gz\n  sha256: ''\n  timeout_s: 5\n  retries: 0\n")
+        "fetch:\n  url: evil.tar.gz\n  sha256: ''\n  revision: ''\n  timeout_s: 5\n  retries: 0\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "stages.fetch"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)
@@ -282,8 +284,8 @@ def test_stage_subprocess_exits_cleanly_on_hostile_archive(tmp_path):
 @needs_sample
 def test_sample_snapshot(tmp_path):
     repo = tmp_path / "repo"
-    rows = run_stage(repo, str(SAMPLE_ARCHIVE),
-                     sha256="2e4efc52af36091c9cbdd235b8979ad4324e884ca028db0fac23b0fcfa0782bd")
+    rows = run_stage(repo, str(SAMPLE_ARCHIVE), sha256="2e4efc52af36091c9cbdd235b8979ad4324e884ca028db0fac23b0fcfa0782bd",
+                     revision="f3f18b8617323229444e55b138c5f3abc432beae")  # its top folder names no commit
     assert len(rows) == 212
     assert Counter(r["license"] for r in rows) == {"cc-0": 74, "cc-by-4.0": 68, "cc-by-3.0": 51, "cc-by-sa-4.0": 11, "mit": 6, "bsd": 2}
     raw = repo / "data/raw"
@@ -292,3 +294,26 @@ def test_sample_snapshot(tmp_path):
     assert [r["path"] for r in rows if not r["author"]] == ["cc-by-4.0/General_items/scientific-article.svg"]
     r = rows[0]
     assert hashlib.sha256((raw / r["path"]).read_bytes()).hexdigest() == r["sha256"]
+
+
+def test_source_json_records_the_commit_the_top_folder_names(tmp_path):
+    src = make_archive(tmp_path / "a.tar.gz")
+    run_stage(tmp_path / "repo", str(src))
+    source = json.loads((tmp_path / "repo/data/source.json").read_text())
+    assert source == {"url": str(src), "sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "top_folder": TOP,
+                      "commit": COMMIT}
+
+
+def test_commit_from_params_when_the_top_folder_names_none(tmp_path):
+    src = make_archive(tmp_path / "a.tar.gz", top="icons-snapshot")
+    with pytest.raises(archive.ArchiveError, match=r"top folder 'icons-snapshot' names no commit; set fetch.revision"):
+        run_stage(tmp_path / "no", str(src))
+    assert not (tmp_path / "no/data/raw").exists()
+    run_stage(tmp_path / "yes", str(src), revision="ab" * 20)
+    assert json.loads((tmp_path / "yes/data/source.json").read_text())["commit"] == "ab" * 20
+
+
+def test_revision_that_contradicts_the_archive_is_refused(tmp_path):
+    src = make_archive(tmp_path / "a.tar.gz")
+    with pytest.raises(archive.ArchiveError, match=rf"names commit {COMMIT}, but fetch.revision is '{'ab' * 20}'"):
+        run_stage(tmp_path / "repo", str(src), revision="ab" * 20)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SAMPLE_ARCHIVE, committed_params, needs_sample
+from conftest import SAMPLE_ARCHIVE, committed_params, needs_sample
 from iconforge.dataset.attribution import find_author, source_base
 from iconforge.dataset.selection import embeds_raster
 from iconforge.dataset.variants import assign_splits, group_key, one_per_group

@@ -1,5 +1,6 @@
 """sample stage: prompts, contact sheet, tracing, and the stage end to end on the tiny preset."""
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +14,8 @@ from iconforge.config import ModelConfig, SampleConfig
 from iconforge.evaluate.grid import GAP, HEADER_H, LABEL_W, contact_sheet, sheet_size
 from iconforge.flux.lora_io import add_lora, save_adapter
 from iconforge.flux.models import load_pipeline, resolve_base
-from iconforge.evaluate.sampling import build_prompts, evenly_spaced, read_validation
+from iconforge.dataset.imagefolder import read_metadata
+from iconforge.evaluate.sampling import build_prompts, evenly_spaced
 from iconforge.evaluate.trace import count_paths, trace_svg
 from iconforge.tracking import start_run, write_run_json
 
@@ -71,13 +73,14 @@ def project(tmp_path, trained, monkeypatch) -> Path:
     shutil.copytree(trained / "models", tmp_path / "models")
     (tmp_path / "params.yaml").write_text(PARAMS)
     write_validation(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trained / 'mlflow.db'}")  # where the training run is
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
 
 def test_prompts_wrap_trigger_and_spread_validation_captions(tmp_path):
     write_validation(tmp_path, n=6)
-    rows = read_validation(tmp_path / "data/dataset/validation/metadata.jsonl")
+    rows = read_metadata(tmp_path / "data/dataset/validation")
     assert [r["file_name"] for r in rows] == sorted(r["file_name"] for r in rows)
     cfg = SampleConfig(prompts=("zebrafish embryo", "bioicons style, mitochondrion"), num_val_prompts=3,
                        seed=5, steps=1, guidance=1.0, size=64)
@@ -141,7 +144,7 @@ def test_sample_stage_end_to_end(project):
     assert not [p for p in project.iterdir() if p.name.startswith(".samples")]  # no temp dirs left
 
     run = json.loads((project / "models/run.json").read_text())
-    client = mlflow.MlflowClient(run["tracking_uri"])
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     assert [a.path for a in client.list_artifacts(run["run_id"], "samples")] == ["samples/grid.png"]
 
 
@@ -149,6 +152,6 @@ def test_sample_without_lora_fails_clearly(project):
     from stages import sample
 
     (project / "models/lora/pytorch_lora_weights.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors: missing; run the train_lora"):
+    with pytest.raises(FileNotFoundError, match="pytorch_lora_weights.safetensors: missing"):
         sample.main()
     assert not (project / "samples").exists()
