@@ -32,6 +32,7 @@ from mlflow.exceptions import MlflowException
 
 from iconforge.atomic import write_json
 from iconforge.paths import MLFLOW_ARTIFACTS, MLFLOW_DB, repo_root
+from iconforge.errors import InputError
 from iconforge.tables import read_json
 
 EXPERIMENT = "iconforge"
@@ -134,11 +135,18 @@ def _find_run(client: mlflow.MlflowClient, uri: str, train_run_id: str) -> str |
     return linked[0].info.run_id if linked else None
 
 
+def read_run_json(path: Path) -> dict:
+    """models/run.json, checked before a stage does any work (a clear error, not one at the end)."""
+    info = read_json(path, required=("run_id",))
+    if not isinstance(info["run_id"], str) or not info["run_id"].isalnum():
+        raise InputError(f"{path}: run_id must be an MLflow run id, got {info['run_id']!r}")
+    return {**info, "path": str(path)}
+
+
 @contextlib.contextmanager
-def resume_run(run_json: Path, stage: str) -> Iterator[mlflow.ActiveRun]:
-    """Log into the training run that models/run.json records (for sample and evaluate), or,
-    where this store does not have it, into one new run linked to it that both stages share."""
-    info = read_json(run_json, required=("run_id",))
+def resume_run(info: dict, stage: str) -> Iterator[mlflow.ActiveRun]:
+    """Log into the training run that models/run.json records (`read_run_json`; for sample and
+    evaluate), or, where this store does not have it, into one new run linked to it that both share."""
     uri = tracking_uri(info.get("tracking_uri"))
     mlflow.set_tracking_uri(uri)
     client = mlflow.MlflowClient(uri)
@@ -149,6 +157,6 @@ def resume_run(run_json: Path, stage: str) -> Iterator[mlflow.ActiveRun]:
         return
     with mlflow.start_run(experiment_id=_experiment_id(client, uri), log_system_metrics=False,
                           tags={**run_tags(stage), LINK_TAG: info["run_id"]}) as run:
-        print(f"{stage}: MLflow run {info['run_id']} of {run_json} is not in {uri} (a fresh clone or another "
+        print(f"{stage}: MLflow run {info['run_id']} of {info['path']} is not in {uri} (a fresh clone or another "
               f"machine); logging to new run {run.info.run_id}, tagged {LINK_TAG}", file=sys.stderr)
         yield run

@@ -26,14 +26,14 @@ def main() -> None:
                                             load_real_images)
     from iconforge.evaluate.style import METRICS
     from iconforge.flux.models import TINY, read_base
-    from iconforge.tables import read_json, require, write_csv
-    from iconforge.tracking import resume_run
+    from iconforge.tables import read_json, write_csv
+    from iconforge.tracking import read_run_json, resume_run
 
-    require(paths.SAMPLES_INDEX, paths.RUN_JSON)
+    index = read_json(paths.SAMPLES_INDEX, required=("samples",))
+    run = read_run_json(paths.RUN_JSON)
     smoke = read_base(paths.BASE)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
-    index = read_json(paths.SAMPLES_INDEX, required=("samples",))
     real = load_real_images(paths.VALIDATION_SPLIT, cfg.max_real_images)
     summary, rows = evaluate(paths.SAMPLES, index, real, clip)
     summary.update(smoke=smoke, clip_model=cfg.clip_model,
@@ -43,7 +43,7 @@ def main() -> None:
         summary["note"] = SMOKE_NOTE
     write_json(paths.EVAL_METRICS, summary)
     write_csv(paths.EVAL_PER_PROMPT, rows, ["prompt", "kind", "seed", "clip_score", *METRICS])
-    with resume_run(paths.RUN_JSON, "evaluate"):
+    with resume_run(run, "evaluate"):
         mlflow.log_metrics(_flat({k: summary[k] for k in ("lora", "base", "real", "gap")}))
         mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.EVAL_PER_PROMPT), artifact_path="metrics")

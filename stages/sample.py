@@ -15,16 +15,17 @@ def main() -> None:
     from iconforge.evaluate.sampling import build_prompts, pick_device, render_base_and_lora, write_samples
     from iconforge.flux.models import load_pipeline
     from iconforge.tables import require
-    from iconforge.tracking import resume_run
+    from iconforge.tracking import read_run_json, resume_run
 
-    require(paths.LORA_FILE, paths.RUN_JSON)
+    require(paths.LORA_FILE)
+    run = read_run_json(paths.RUN_JSON)
     prompts = build_prompts(cfg, trigger, read_metadata(paths.VALIDATION_SPLIT))
     device, dtype = pick_device()
     pipe = load_pipeline(paths.BASE, device, dtype)
     base, lora = render_base_and_lora(pipe, paths.LORA_FILE, prompts, cfg)
     with atomic_dir(paths.SAMPLES) as out:
         write_samples(out, prompts, base, lora, cfg)
-    with resume_run(paths.RUN_JSON, "sample"):
+    with resume_run(run, "sample"):
         mlflow.log_artifact(str(paths.SAMPLES_GRID), artifact_path="samples")
     print(f"sample: {len(prompts)} prompts x (base, LoRA) on {device} -> {paths.SAMPLES}/ (grid.png, svg/)")
 

@@ -1,5 +1,6 @@
-"""Every stage reports a problem the user can fix as one line naming the stage
-and the cause, exit status 1, no traceback."""
+"""Every stage reports a problem the user can fix as one line naming the stage and the cause
+(`<stage>: <file>: <reason>` for inputs, `<stage>: <key>: <reason>` for params), exit status 1,
+no traceback."""
 import os
 import subprocess
 import sys
@@ -8,6 +9,8 @@ import pytest
 
 from conftest import ROOT, committed_text
 
+MISSING = "missing (run the stage that writes it first)"
+
 
 def run(stage: str, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -15,14 +18,42 @@ def run(stage: str, cwd) -> subprocess.CompletedProcess:
                           timeout=120)
 
 
-@pytest.mark.parametrize("stage,message", [
-    ("filter_license", "filter_license: data/manifest.csv: missing (run the stage that writes it first)"),
-    ("caption", "caption: data/filtered.csv: missing (run the stage that writes it first)"),
-])
-def test_missing_input_is_one_line_naming_the_file(tmp_path, stage, message):
-    (tmp_path / "params.yaml").write_text(committed_text("params.yaml"), encoding="utf-8")
-    out = run(stage, tmp_path)
-    assert out.returncode == 1 and out.stderr.strip() == message, out.stderr
+def one_line(out: subprocess.CompletedProcess, stage: str) -> str:
+    assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"{stage}: "), out.stderr
+    return lines[0]
+
+
+# (stage, files to make first: {path: content}, the expected line)
+CASES = [
+    ("filter_license", {}, f"filter_license: data/manifest.csv: {MISSING}"),
+    ("filter_license", {"data/manifest.csv": "path,license,category,author,name,bytes,sha256\n"},
+     f"filter_license: data/source.json: {MISSING}"),
+    ("rasterize", {}, f"rasterize: data/filtered.csv: {MISSING}"),
+    ("caption", {}, f"caption: data/filtered.csv: {MISSING}"),
+    ("train_lora", {}, f"train_lora: data/dataset/train: {MISSING}"),
+    ("sample", {"models/lora/pytorch_lora_weights.safetensors": "", "models/run.json": '{"run_id": "abc"}'},
+     f"sample: data/dataset/validation/metadata.jsonl: {MISSING}"),
+    ("sample", {"models/lora/pytorch_lora_weights.safetensors": "", "models/run.json": '{"run_id": "abc"}',
+                "data/dataset/validation/metadata.jsonl": '{"file_name": "a.png", "text": "t"}\n{oops\n'},
+     "sample: data/dataset/validation/metadata.jsonl:2: not JSON"),
+    ("sample", {"models/lora/pytorch_lora_weights.safetensors": ""}, f"sample: models/run.json: {MISSING}"),
+    ("evaluate", {}, f"evaluate: samples/index.json: {MISSING}"),
+    ("evaluate", {"samples/index.json": '{"samples": []}'}, f"evaluate: models/run.json: {MISSING}"),
+    ("evaluate", {"samples/index.json": '{"samples": []}', "models/run.json": "{truncated"},
+     "evaluate: models/run.json: not valid JSON"),
+]
+
+
+@pytest.mark.parametrize("stage,files,line", CASES)
+def test_missing_or_malformed_input_is_one_line_naming_the_file(tmp_path, stage, files, line):
+    (tmp_path / "params.yaml").write_text(committed_text("params.yaml").replace("base: black-forest-labs/FLUX.1-dev",
+                                                                                "base: tiny"), encoding="utf-8")
+    for rel, text in files.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text, encoding="utf-8")
+    assert one_line(run(stage, tmp_path), stage).startswith(line)
 
 
 @pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "train_lora", "sample",
@@ -34,6 +65,4 @@ def test_bad_params_are_one_line_naming_the_key(tmp_path, stage):
                                           .replace("val_fraction: 0.1", "val_fraction: 7")
                                           .replace('"{trigger}, {name}, {category}"', '"{oops}"')
                                           .replace("max_real_images: 256", "max_real_images: -1"))
-    out = run(stage, tmp_path)
-    assert out.returncode == 1 and out.stderr.startswith(f"{stage}: "), out.stderr
-    assert "Traceback" not in out.stderr and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    one_line(run(stage, tmp_path), stage)

@@ -245,3 +245,30 @@ def test_sample_snapshot_credits_every_icon_that_needs_it(tmp_path, monkeypatch)
     assert all(credits[r["path"]]["author"] for r in needing)
     assert {r["license"] for r in out["kept"]} == {"cc-0", "cc-by-3.0", "cc-by-4.0", "mit", "bsd"}
     assert {r["split"] for r in out["kept"]} == {"train", "validation"}
+
+
+def test_credits_link_the_commit_of_the_archive_fetch_extracted(tmp_path, monkeypatch):
+    """Fetch an archive of another upstream commit: every source link follows it (no constant commit)."""
+    import io
+
+    from stages import fetch
+
+    other = "fedcba98" * 5
+    archive_path = tmp_path / "other.tar.gz"
+    with tarfile.open(archive_path, "w:gz") as tar:
+        for name, data in {"static/icons/cc-by-4.0/Cells/Servier/cell.svg": SVG,
+                           "static/icons/authors.json": json.dumps(AUTHORS).encode()}.items():
+            info = tarfile.TarInfo(f"bioicons-{other}/{name}")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    params = committed_params()
+    params["fetch"]["url"] = str(archive_path)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    fetch.main()
+    out = run_stage(tmp_path, monkeypatch)
+    [credit] = out["credits"]
+    assert credit["source_url"] == f"https://github.com/duerrsimon/bioicons/blob/{other}/static/icons/" \
+                                   "cc-by-4.0/Cells/Servier/cell.svg"
+    md = (tmp_path / "data" / "ATTRIBUTION.md").read_text()
+    assert f"at commit `{other}`" in md and "f3f18b86" not in md

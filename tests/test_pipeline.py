@@ -11,9 +11,11 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import yaml
 
 from conftest import FULL_ARCHIVE, needs_full
-from iconforge.config import KNOWN_LICENSES
+import pipeline_repo
+from iconforge.config import KNOWN_LICENSES, parse_params
 from pipeline_repo import ALL_STAGES, MODEL_STAGES, dvc, make_repo, ran_stages
 
 FULL_SHA256 = "e9020da5bba55f58af08b97879ec7ddd02e6cba0034047b53a6cd17868f7e46d"
@@ -96,8 +98,8 @@ def test_model_outputs_and_mlflow_run(tiny_repo):
     assert evaluation["smoke"] is True and {"base", "lora", "real"} <= set(evaluation)
 
     run_info = json.loads((tiny_repo / "models" / "run.json").read_text(encoding="utf-8"))
-    assert run_info["tracking_uri"] == f"sqlite:///{tiny_repo / 'mlflow.db'}"
-    client = mlflow.MlflowClient(run_info["tracking_uri"])
+    assert run_info["tracking_uri"] is None  # the repo's own store: nothing of this machine in a committed file
+    client = mlflow.MlflowClient(f"sqlite:///{tiny_repo / 'mlflow.db'}")
     run = client.get_run(run_info["run_id"])
     assert run.data.params["train.rank"] == "16" and run.data.params["model.base"] == "tiny"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 31))
@@ -119,6 +121,72 @@ def test_rank_experiment_reruns_only_the_model_stages_and_changes_metrics(repo):
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
     names = {e.get("name") for commit in shown for e in commit.get("experiments") or []}
     assert "rank32" in names, shown
+
+
+def set_params(repo: Path, **values) -> None:
+    """Edit params.yaml as `dvc exp run -S` would, e.g. set_params(repo, train__lr=0.002)."""
+    params = parse_params((repo / "params.yaml").read_text(encoding="utf-8"))
+    for key, value in values.items():
+        section, name = key.split("__")
+        params[section][name] = value
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
+
+
+def changed_stages(repo: Path) -> set[str]:
+    """The stages `dvc status` reports changed (downstream ones follow when their deps change)."""
+    return set(json.loads(dvc(repo, "status", "--json")))
+
+
+OPERATIONAL = {"fetch__timeout_s": 5, "fetch__retries": 1, "rasterize__workers": 1, "rasterize__timeout_s": 30,
+               "rasterize__max_memory_mb": 1024, "train__checkpoint_every": 7, "train__log_every": 3}
+
+
+def test_operational_knobs_rerun_nothing(repo):
+    set_params(repo, **OPERATIONAL)
+    assert changed_stages(repo) == set()
+    pipeline_repo.git(repo, "checkout", "params.yaml")
+    out = dvc(repo, "exp", "run", *[a for k, v in OPERATIONAL.items() for a in ("-S", f"{k.replace('__', '.')}={v}")])
+    assert ran_stages(out) == set(), out
+
+
+@pytest.mark.parametrize("key,value", [("train__lr", 0.002), ("train__rank", 8), ("train__steps", 20)])
+def test_a_training_param_changes_train_lora_and_nothing_upstream(repo, key, value):
+    set_params(repo, **{key: value})
+    assert changed_stages(repo) == {"train_lora"}
+
+
+def test_training_and_sampling_params_rerun_exactly_their_stages_and_downstream(repo):
+    out = dvc(repo, "exp", "run", "-S", "train.steps=20")
+    assert ran_stages(out) == MODEL_STAGES, out
+    set_params(repo, sample__steps=3)
+    assert changed_stages(repo) == {"sample"}
+    pipeline_repo.git(repo, "checkout", "params.yaml")
+    out = dvc(repo, "exp", "run", "-S", "sample.steps=3")
+    assert ran_stages(out) == {"sample", "evaluate"}, out
+
+
+def test_fresh_clone_pulls_and_reruns_sample_logging_to_its_own_store(repo, tmp_path):
+    """models/run.json names a run of the original repo's store; a clone has none of it."""
+    dvc(repo, "remote", "add", "-d", "local", str(tmp_path / "remote"))
+    pipeline_repo.git(repo, "commit", "-qam", "local remote")
+    dvc(repo, "push")
+    clone = tmp_path / "clone"
+    pipeline_repo.run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
+    dvc(clone, "pull")
+    assert "Data and pipelines are up to date" in dvc(clone, "status")
+    record = (clone / "models" / "run.json").read_text(encoding="utf-8")
+    assert str(repo) not in record and str(tmp_path) not in record
+
+    set_params(clone, sample__steps=3)
+    out = dvc(clone, "repro")
+    assert ran_stages(out) == {"sample", "evaluate"}, out
+    train_run = json.loads(record)["run_id"]
+    client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                              f"tags.`iconforge.train_run_id` = '{train_run}'")
+    assert len(runs) == 1, runs  # sample started it, evaluate found it
+    assert "eval.lora.clip_score" in runs[0].data.metrics
+    assert "samples" in {a.path for a in client.list_artifacts(runs[0].info.run_id)}
 
 
 def test_forced_rerun_gives_byte_identical_pngs_adapter_and_samples(repo):

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from iconforge.paths import ADAPTER_FILE
 from iconforge.flux.lora_io import add_lora, canonicalize_safetensors, load_adapter_state
 from iconforge.flux.models import load_pipeline
-from iconforge.tracking import resume_run, tracking_uri
+from iconforge.tracking import read_run_json, resume_run, tracking_uri
 from iconforge.flux.train import batch_indices, sample_sigmas
 from train_setup import NAMES, PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
 
@@ -180,7 +180,7 @@ def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store, monkey
 
     # sample/evaluate log into the same run through models/run.json.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    with resume_run(trained / "models/run.json", "evaluate") as run:
+    with resume_run(read_run_json(trained / "models/run.json"), "evaluate") as run:
         assert run.info.run_id == info["run_id"]
         mlflow.log_metric("eval.probe", 1.0)
     assert client.get_run(info["run_id"]).data.metrics["eval.probe"] == 1.0

@@ -11,8 +11,9 @@ import json
 from pathlib import Path, PurePosixPath
 
 from iconforge.atomic import atomic_file
-from iconforge.errors import InputError, MissingInput
+from iconforge.errors import InputError
 from iconforge.paths import METADATA
+from iconforge.tables import require
 
 
 def write_metadata(split_dir: Path, records: list[dict]) -> None:
@@ -33,8 +34,7 @@ def _safe_file_name(value: object) -> str | None:
 def read_metadata(split_dir: Path) -> list[dict]:
     """Every row of a split's metadata.jsonl, sorted by file_name; `file_name` and `text` are checked."""
     path = Path(split_dir) / METADATA
-    if not path.is_file():
-        raise MissingInput(f"{path}: missing (run the caption stage first)")
+    require(path)
     rows = []
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
