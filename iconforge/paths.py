@@ -22,7 +22,7 @@ GRID_PNG = "grid.png"  # samples/: base vs LoRA contact sheet
 # fetch
 RAW = Path("data/raw")  # the archive's static/icons/ tree
 MANIFEST = Path("data/manifest.csv")  # one row per extracted SVG
-SOURCE = Path("data/source.json")  # what fetch extracted: URL, archive sha256, top folder, upstream commit
+SOURCE = Path("data/source.json")  # what fetch extracted: archive sha256, top folder, upstream commit
 
 # filter_license
 FILTERED = Path("data/filtered.csv")  # kept icons with variant group and split

@@ -1,5 +1,5 @@
 """Stage fetch: the bioicons archive -> data/raw/ (its static/icons/), data/manifest.csv and
-data/source.json (URL, archive sha256, top folder and the upstream commit the credits link to)."""
+data/source.json (archive sha256, top folder and the upstream commit the credits link to)."""
 import tempfile
 from collections import Counter
 from pathlib import Path
@@ -24,7 +24,8 @@ def main() -> None:
             rows = manifest.build(out)
         sha256 = archive.sha256_of(path)
     write_csv(paths.MANIFEST, rows, manifest.FIELDS)
-    write_json(paths.SOURCE, {"url": cfg.url, "sha256": sha256, "top_folder": got.top, "commit": commit})
+    # What the archive's bytes determine, not how fetch.url spells its location: moving the archive reruns nothing.
+    write_json(paths.SOURCE, {"sha256": sha256, "top_folder": got.top, "commit": commit})
     per_license = Counter(r["license"] for r in rows)
     print(f"fetch: {len(rows)} SVGs of commit {commit[:12]} in {paths.RAW} ("
           + ", ".join(f"{lic or '(none)'} {n}" for lic, n in sorted(per_license.items()))

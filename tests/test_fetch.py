@@ -300,7 +300,7 @@ def test_source_json_records_the_commit_the_top_folder_names(tmp_path):
     src = make_archive(tmp_path / "a.tar.gz")
     run_stage(tmp_path / "repo", str(src))
     source = json.loads((tmp_path / "repo/data/source.json").read_text())
-    assert source == {"url": str(src), "sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "top_folder": TOP,
+    assert source == {"sha256": hashlib.sha256(src.read_bytes()).hexdigest(), "top_folder": TOP,
                       "commit": COMMIT}
 
 

@@ -255,7 +255,6 @@ def train_step(acc: Accelerator, transformer, optimizer, lr_scheduler, params: l
 @dataclass
 class Run:
     """What setup() prepares and fit() / write() use: one training run in this process."""
-    model_cfg: ModelConfig
     cfg: TrainConfig
     paths: Paths
     acc: Accelerator
@@ -292,32 +291,40 @@ def encode(cfg: TrainConfig, paths: Paths, base_info: dict, acc: Accelerator) ->
     return examples, empty_key, skipped
 
 
+def resumable_checkpoint(paths: Paths, phash: str, acc: Accelerator) -> Checkpoint | None:
+    """The last checkpoint if it was trained with the same params (`phash`); one of other params is
+    deleted (the encoding cache beside it stays: it is keyed by content)."""
+    ckpt = latest_checkpoint(paths.checkpoints)
+    acc.wait_for_everyone()  # all have read it before the main process may delete it
+    if ckpt is None or ckpt.meta.get("params_hash") == phash:
+        return ckpt
+    if acc.is_main_process:
+        print(f"train_lora: not resuming from step {ckpt.step} (params or data changed); starting fresh",
+              file=sys.stderr)
+        clear_checkpoints(paths.checkpoints, keep=(paths.cache.name,))
+    return None
+
+
 def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> Run:
-    """Encode the data, build the transformer with a fresh adapter and its optimizer, and resume
-    from the last checkpoint of the same params if there is one."""
+    """Encode the data, build the transformer with a fresh adapter and its optimizer, and restore
+    them from the last checkpoint of the same params if there is one."""
     device, wdtype = acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
     examples, empty_key, skipped = encode(cfg, paths, base_info, acc)
     source = model_source(paths.base, device)
     transformer = FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=wdtype)
     params = prepare_transformer(transformer, cfg)
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
+    latent_shape = tuple(load_entry(paths.cache, examples[0].image_key)["mean"].shape)
 
     phash = params_hash(model_cfg, cfg, base_info, examples, acc.num_processes)
-    ckpt = latest_checkpoint(paths.checkpoints)
-    resume = ckpt is not None and ckpt.meta.get("params_hash") == phash
-    acc.wait_for_everyone()  # all have read it before the main process may delete it
-    if ckpt is not None and not resume and acc.is_main_process:
-        print(f"train_lora: not resuming from step {ckpt.step} (params or data changed); starting fresh",
-              file=sys.stderr)
-        clear_checkpoints(paths.checkpoints, keep=(paths.cache.name,))  # the cache is keyed by content
-    if resume:
+    ckpt = resumable_checkpoint(paths, phash, acc)
+    if ckpt is not None:
         load_adapter_state(transformer, ckpt.adapter)
     transformer.to(device)
     optimizer, lr_scheduler = make_optimizer(cfg, params, acc.num_processes)
-    run = Run(model_cfg, cfg, paths, acc, examples, empty_key, skipped, transformer, optimizer, lr_scheduler, params,
-              StepContext.build(cfg, tuple(load_entry(paths.cache, examples[0].image_key)["mean"].shape), scheduler,
-                                device, wdtype), phash)
-    if resume:
+    run = Run(cfg, paths, acc, examples, empty_key, skipped, transformer, optimizer, lr_scheduler, params,
+              StepContext.build(cfg, latent_shape, scheduler, device, wdtype), phash)
+    if ckpt is not None:
         optimizer.load_state_dict(ckpt.state["optimizer"])
         lr_scheduler.load_state_dict(ckpt.state["lr_scheduler"])
         set_rng_state(ckpt.state["rng"][acc.process_index])
@@ -325,7 +332,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
         if acc.is_main_process:
             print(f"train_lora: resuming from step {run.start} ({paths.checkpoints})", file=sys.stderr)
     run.transformer, run.optimizer, run.lr_scheduler = acc.prepare(transformer, optimizer, lr_scheduler)
-    if resume and acc.scaler is not None and ckpt.state.get("scaler"):
+    if ckpt is not None and acc.scaler is not None and ckpt.state.get("scaler"):
         acc.scaler.load_state_dict(ckpt.state["scaler"])
     if acc.is_main_process:
         print(f"train_lora: effective batch size {run.images_per_step} = batch_size {cfg.batch_size} x grad_accum "
