@@ -178,6 +178,7 @@ class TrainConfig(Section):
     lr_scheduler: str
     warmup_steps: int
     max_grad_norm: float
+    save_dtype: str  # dtype of the saved adapter: bf16 (half the file) or fp32
     checkpoint_every: Annotated[int, OPERATIONAL]  # steps between resume checkpoints
     log_every: Annotated[int, OPERATIONAL]  # steps between host syncs of the loss and MLflow writes
 
@@ -186,6 +187,7 @@ class TrainConfig(Section):
                       "checkpoint_every", "log_every", "max_grad_norm")
         _check(self.resolution % 16 == 0, self.key("resolution"), "must be a multiple of 16", self.resolution)
         self.one_of("mixed_precision", ("no", "fp16", "bf16"))
+        self.one_of("save_dtype", ("bf16", "fp32"))
         self.one_of("timestep_sampling", ("sigmoid", "uniform", "logit_normal"))
         self.one_of("optimizer", ("adamw", "adamw_fused", "adamw8bit"))
         self.one_of("lr_scheduler", ("constant", "linear", "cosine"))

@@ -14,6 +14,7 @@ from pathlib import Path
 # Names of files inside the contract folders.
 METADATA = "metadata.jsonl"  # an imagefolder split's captions, read by `datasets.load_dataset("imagefolder")`
 ADAPTER_FILE = "pytorch_lora_weights.safetensors"  # the name diffusers' load_lora_weights looks for
+KOHYA_FILE = "lora_kohya.safetensors"  # the same adapter in kohya's FLUX format
 BASE_JSON = "base.json"  # which base model train_lora resolved (models/base/)
 SPLITS = ("train", "validation")
 INDEX_JSON = "index.json"  # samples/: every sample's prompt, seed and files
@@ -48,6 +49,7 @@ BASE = Path("models/base")
 BASE_INFO = BASE / BASE_JSON
 LORA = Path("models/lora")
 LORA_FILE = LORA / ADAPTER_FILE
+LORA_KOHYA_FILE = LORA / KOHYA_FILE
 CHECKPOINTS = Path("models/checkpoints")  # resume state of an interrupted training
 RUN_JSON = Path("models/run.json")  # the MLflow run that train_lora started and sample/evaluate log into
 TRAIN_METRICS = Path("metrics/train.json")

@@ -24,14 +24,15 @@ def main() -> None:
     acc = make_accelerator(train_cfg)
     with acc.main_process_first():  # one process writes models/base, the others then read it
         base = resolve_base(model_cfg, paths.BASE) if acc.is_main_process else read_base(paths.BASE)
-    out = Paths(dataset=paths.TRAIN_SPLIT, base=paths.BASE, lora=paths.LORA, checkpoints=paths.CHECKPOINTS,
-                run_json=paths.RUN_JSON, metrics=paths.TRAIN_METRICS, loss_csv=paths.LOSS_CSV)
+    out = Paths(dataset=paths.TRAIN_SPLIT, base=paths.BASE, lora=paths.LORA_FILE, lora_kohya=paths.LORA_KOHYA_FILE,
+                checkpoints=paths.CHECKPOINTS, run_json=paths.RUN_JSON, metrics=paths.TRAIN_METRICS,
+                loss_csv=paths.LOSS_CSV)
     m = train(model_cfg, train_cfg, base, out, acc)
     acc.end_training()
     if m:
         print(f"train_lora: {m['steps']} steps on {m['train_images']} images, effective batch "
               f"{m['effective_batch_size']}, final loss {m['final_loss']:.4f}, {m['seconds_per_step']:.3f} s/step, "
-              f"peak {m['peak_memory_mb']:.0f} MB -> {paths.LORA}")
+              f"peak {m['peak_memory_mb']:.0f} MB -> {paths.LORA_FILE}")
 
 
 if __name__ == "__main__":

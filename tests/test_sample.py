@@ -17,6 +17,7 @@ from iconforge.flux.models import load_pipeline, resolve_base
 from iconforge.dataset.imagefolder import read_metadata
 from iconforge.evaluate.sampling import build_prompts, evenly_spaced
 from iconforge.evaluate.trace import count_paths, trace_svg
+from iconforge.paths import ADAPTER_FILE, KOHYA_FILE
 from iconforge.tracking import start_run, write_run_json
 
 PARAMS = """
@@ -60,7 +61,7 @@ def trained(tmp_path_factory) -> Path:
         for name, p in pipe.transformer.named_parameters():
             if "lora_B" in name:
                 p.copy_(torch.randn(p.shape, generator=gen))
-    save_adapter(pipe.transformer, root / "models/lora")
+    save_adapter(pipe.transformer, root / "models/lora" / ADAPTER_FILE, root / "models/lora" / KOHYA_FILE)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
         with start_run("train_lora") as run:

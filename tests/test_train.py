@@ -15,7 +15,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from iconforge.paths import ADAPTER_FILE
+from iconforge.paths import ADAPTER_FILE, KOHYA_FILE
 from iconforge.flux.lora_io import add_lora, canonicalize_safetensors, load_adapter_state
 from iconforge.flux.models import load_pipeline
 from iconforge.tracking import read_run_json, resume_run, tracking_uri
@@ -39,8 +39,8 @@ def run_stage(cwd: Path, store: str) -> subprocess.CompletedProcess:
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 
-def adapter_bytes(repo: Path) -> bytes:
-    return (repo / "models/lora" / ADAPTER_FILE).read_bytes()
+def adapter_bytes(repo: Path) -> tuple[bytes, bytes]:
+    return (repo / "models/lora" / ADAPTER_FILE).read_bytes(), (repo / "models/lora" / KOHYA_FILE).read_bytes()
 
 
 @pytest.fixture(scope="module")
@@ -87,21 +87,23 @@ def _transformer_out(transformer) -> torch.Tensor:
                            txt_ids=torch.zeros(8, 3), img_ids=torch.zeros(16, 3), return_dict=False)[0]
 
 
-def test_alpha_other_than_rank_scales_like_the_peft_model(trained):
-    """Loaded through diffusers, the adapter acts exactly like the trained peft model (alpha 8, rank 4)."""
+def test_alpha_other_than_rank_is_folded_into_the_file(trained):
+    """alpha 8 / rank 4 travels folded into lora_B: diffusers loads it at scale 1.0 (alpha = rank) and
+    acts exactly like the trained peft model (lora_B as trained, alpha 8)."""
     pipe = load_pipeline(trained / "models/base")
     pipe.load_lora_weights(trained / "models/lora")
-    assert pipe.transformer.peft_config["default_0"].lora_alpha == 8
+    assert pipe.transformer.peft_config["default_0"].lora_alpha == 4
     loaded = _transformer_out(pipe.transformer)
-    state = {k.removeprefix("transformer."): v for k, v in load_file(trained / "models/lora" / ADAPTER_FILE).items()}
+    folded = {k.removeprefix("transformer."): v for k, v in load_file(trained / "models/lora" / ADAPTER_FILE).items()}
+    as_trained = {k: v / 2 if ".lora_B." in k else v for k, v in folded.items()}  # alpha / rank = 2
     outs = {}
-    for alpha in (8, 4):
+    for name, state in (("as trained", as_trained), ("scaled twice", folded)):
         t = load_pipeline(trained / "models/base").transformer
-        add_lora(t, rank=4, alpha=alpha, target_modules=tuple(PARAMS["train"]["target_modules"]), seed=0)
+        add_lora(t, rank=4, alpha=8, target_modules=tuple(PARAMS["train"]["target_modules"]), seed=0)
         load_adapter_state(t, state)
-        outs[alpha] = _transformer_out(t)
-    assert torch.allclose(loaded, outs[8], atol=1e-6)
-    assert not torch.allclose(loaded, outs[4], atol=1e-4)
+        outs[name] = _transformer_out(t)
+    assert torch.allclose(loaded, outs["as trained"], atol=1e-6)
+    assert not torch.allclose(loaded, outs["scaled twice"], atol=1e-4)
 
 
 @pytest.fixture
@@ -176,7 +178,8 @@ def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store, monkey
     assert sorted(m.step for m in history) == list(range(1, 41))
     # Throughput is measured over each log interval (train.log_every = 10): the loop syncs only there.
     assert sorted(m.step for m in client.get_metric_history(info["run_id"], "images_per_s")) == [10, 20, 30, 40]
-    assert [a.path for a in client.list_artifacts(info["run_id"], "lora")] == [f"lora/{ADAPTER_FILE}"]
+    assert sorted(a.path for a in client.list_artifacts(info["run_id"], "lora")) == [f"lora/{KOHYA_FILE}",
+                                                                                    f"lora/{ADAPTER_FILE}"]
 
     # sample/evaluate log into the same run through models/run.json.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)

@@ -57,6 +57,7 @@ from iconforge.flux.models import model_source
 from iconforge.tables import write_csv
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+SAVE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 # The other processes wait in a collective while the main one downloads the base (~30 GB) and
 # encodes the data set: far longer than NCCL's default 10 min timeout.
 SETUP_TIMEOUT = timedelta(hours=2)
@@ -71,7 +72,8 @@ class Paths:
     """What train() reads and writes (the stage passes the contract's, iconforge.paths)."""
     dataset: Path  # the imagefolder train split
     base: Path  # models/base, written by resolve_base
-    lora: Path
+    lora: Path  # the adapter in diffusers' format
+    lora_kohya: Path  # the same in kohya's
     checkpoints: Path
     run_json: Path
     metrics: Path
@@ -396,7 +398,7 @@ def fit(run: Run, mlflow_run_id: str | None) -> float:
 def write(run: Run, loop_s: float, total_s: float) -> dict:
     """The adapter, the loss curve and train.json (main process); returns train.json's content."""
     cfg, paths = run.cfg, run.paths
-    adapter = save_adapter(run.acc.unwrap_model(run.transformer), paths.lora)
+    save_adapter(run.acc.unwrap_model(run.transformer), paths.lora, paths.lora_kohya, SAVE_DTYPES[cfg.save_dtype])
     write_csv(paths.loss_csv, [{"step": s, "loss": repr(l), "lr": repr(r)} for s, l, r in run.history],
               ["step", "loss", "lr"])
     ran = cfg.steps - run.start
@@ -417,7 +419,8 @@ def write(run: Run, loop_s: float, total_s: float) -> dict:
     if run.skipped:
         mlflow.log_text("".join(f"{s['file']}\t{s['reason']}\n" for s in run.skipped), "skipped_images.tsv")
     mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()}, step=cfg.steps)
-    mlflow.log_artifact(str(adapter), artifact_path="lora")
+    mlflow.log_artifact(str(paths.lora), artifact_path="lora")
+    mlflow.log_artifact(str(paths.lora_kohya), artifact_path="lora")
     mlflow.log_artifact(str(paths.loss_csv), artifact_path="metrics")
     return metrics
 
