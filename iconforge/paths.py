@@ -64,6 +64,11 @@ SAMPLES_GRID = SAMPLES / GRID_PNG
 EVAL_METRICS = Path("metrics/eval.json")
 EVAL_PER_PROMPT = Path("metrics/eval_per_prompt.csv")
 
+# card: beside the adapter, what travels with it
+CARD = LORA / "README.md"  # Hugging Face model card
+CARD_ATTRIBUTION = LORA / ATTRIBUTION.name  # the training icons' credits
+CARD_GRID = LORA / GRID_PNG
+
 # Beside the pipeline, in the repository root: the default MLflow store and its artifacts.
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"

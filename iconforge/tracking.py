@@ -121,7 +121,8 @@ def log_step_metrics(run_id: str, rows: list[tuple[int, dict[str, float]]]) -> N
 def write_run_json(run: mlflow.ActiveRun, path: Path) -> None:
     uri = mlflow.get_tracking_uri()
     write_json(path, {"run_id": run.info.run_id, "experiment": EXPERIMENT,
-                      "tracking_uri": uri if _is_server(uri) else None})
+                      "tracking_uri": uri if _is_server(uri) else None,
+                      "dvc_exp_name": os.environ.get("DVC_EXP_NAME"), "git_commit": git_revision()})
 
 
 def _find_run(client: mlflow.MlflowClient, uri: str, train_run_id: str) -> str | None:

@@ -20,7 +20,7 @@ from iconforge import overrides
 from conftest import ROOT, SAMPLE_ARCHIVE, WORKSPACE_OUTPUTS, committed_params
 
 
-MODEL_STAGES = {"train_lora", "sample", "evaluate"}
+MODEL_STAGES = {"train_lora", "sample", "evaluate", "card"}
 ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
 
 

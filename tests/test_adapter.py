@@ -150,3 +150,30 @@ def test_kohya_export_reads_back_through_diffusers(tmp_path, modules):
         torch.testing.assert_close(delta(back, n), delta(state, n))
     for n in {k.rsplit(".lora_", 1)[0] for k in back} - trained:  # untrained parts of a fused layer
         assert not delta(back, n).any(), n
+
+
+def test_model_card_names_base_license_trigger_and_credits():
+    from huggingface_hub import ModelCard
+
+    from conftest import committed_params
+    from iconforge.config import TrainConfig, build
+    from iconforge.flux.card import render
+
+    params = committed_params()
+    model = ModelConfig(base="black-forest-labs/FLUX.1-dev", revision=params["model"]["revision"])
+    scores = {"clip_score": 31.0, "cmmd": 0.5, "white_background_ratio": 0.7, "palette_size": 9.0}
+    text = render(model, build(TrainConfig, params["train"]), "bioicons style",
+                  {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
+                  {"steps": 1000, "effective_batch_size": 1, "train_images": 2000, "skipped_images": 0,
+                   "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
+                  {"lora": scores, "base": scores}, {"dataset": {"images": 2200, "by_split": {"validation": 200}}},
+                  ["bioicons style, zebrafish embryo"],
+                  [{"license": "cc-by-4.0", "needs_attribution": "true"}, {"license": "cc-0", "needs_attribution": "false"}])
+    card = ModelCard(text)
+    meta = card.data.to_dict()
+    assert meta["base_model"] == "black-forest-labs/FLUX.1-dev" and meta["license_name"] == "flux-1-dev-non-commercial-license"
+    assert meta["instance_prompt"] == "bioicons style" and meta["widget"][0]["text"] == "bioicons style, zebrafish embryo"
+    assert "1 of them require attribution (cc-by-4.0: 1)" in card.text and "`ATTRIBUTION.md`" in card.text
+    assert "rank32" in card.text and "abc123" in card.text and "`f00`" in card.text
+    assert "seconds_per_step" not in card.text and "1.7" not in card.text  # no timings: same inputs, same bytes
+    assert "Test build" not in card.text

@@ -56,7 +56,7 @@ def test_missing_or_malformed_input_is_one_line_naming_the_file(tmp_path, stage,
     assert one_line(run(stage, tmp_path), stage).startswith(line)
 
 
-@pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "train_lora", "sample",
+@pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "train_lora", "sample", "card",
                                    "evaluate"])
 def test_bad_params_are_one_line_naming_the_key(tmp_path, stage):
     (tmp_path / "params.yaml").write_text(committed_text("params.yaml")

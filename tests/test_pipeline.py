@@ -108,6 +108,24 @@ def test_model_outputs_and_mlflow_run(tiny_repo):
     assert {"lora", "samples"} <= artifacts, artifacts
 
 
+def test_model_card_and_registered_artifact(tiny_repo):
+    from huggingface_hub import ModelCard
+    import dvc.api
+
+    lora = tiny_repo / "models" / "lora"
+    assert sorted(p.name for p in lora.iterdir() if not p.name.startswith(".")) == [
+        "ATTRIBUTION.md", "README.md", "grid.png", "lora_kohya.safetensors", "pytorch_lora_weights.safetensors"]
+    card = ModelCard.load(lora / "README.md")
+    meta = card.data.to_dict()
+    assert meta["library_name"] == "diffusers" and meta["instance_prompt"] == "bioicons style"
+    assert meta["license"] == "other" and "lora" in meta["tags"] and meta["widget"][0]["output"]["url"] == "grid.png"
+    run_id = json.loads((tiny_repo / "models" / "run.json").read_text(encoding="utf-8"))["run_id"]
+    assert run_id in card.text and "ATTRIBUTION.md" in card.text and "Test build" in card.text
+    assert (lora / "ATTRIBUTION.md").read_bytes() == (tiny_repo / "data" / "ATTRIBUTION.md").read_bytes()
+    shown = dvc.api.artifacts_show("iconforge-lora", repo=str(tiny_repo))
+    assert shown["path"] == "models/lora/pytorch_lora_weights.safetensors", shown
+
+
 def test_rank_experiment_reruns_only_the_model_stages_and_changes_metrics(repo):
     out = dvc(repo, "exp", "run", "-n", "rank32", "-S", "train.rank=32")
     assert ran_stages(out) == MODEL_STAGES, out
@@ -160,7 +178,7 @@ def test_training_and_sampling_params_rerun_exactly_their_stages_and_downstream(
     assert changed_stages(repo) == {"sample"}
     pipeline_repo.git(repo, "checkout", "params.yaml")
     out = dvc(repo, "exp", "run", "-S", "sample.steps=3")
-    assert ran_stages(out) == {"sample", "evaluate"}, out
+    assert ran_stages(out) == {"sample", "evaluate", "card"}, out
     out = dvc(repo, "exp", "run", "-S", "train.steps=20")  # the workspace keeps sample.steps=3
     assert ran_stages(out) == MODEL_STAGES, out
 
@@ -179,7 +197,7 @@ def test_fresh_clone_pulls_and_reruns_sample_logging_to_its_own_store(repo, tmp_
 
     set_params(clone, sample__steps=3)
     out = dvc(clone, "repro")
-    assert ran_stages(out) == {"sample", "evaluate"}, out
+    assert ran_stages(out) == {"sample", "evaluate", "card"}, out
     train_run = json.loads(record)["run_id"]
     client = mlflow.MlflowClient(f"sqlite:///{clone / 'mlflow.db'}")
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()],

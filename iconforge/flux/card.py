@@ -1,0 +1,121 @@
+"""The adapter's model card: models/lora/README.md in the Hugging Face format.
+
+YAML front matter (huggingface_hub's ModelCardData: base model, library, the base model's
+license, tags, trigger, a widget image) and a body that says how the adapter was made
+(params, data counts, the DVC experiment, git revision and MLflow run), how it scores, how to
+load it, what it cannot do, and whose icons it learned from. Built only from pipeline files and
+params, with no clock or machine in it, so the same inputs give the same bytes.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from huggingface_hub import ModelCard, ModelCardData
+
+from iconforge.config import ModelConfig, TrainConfig
+from iconforge.paths import ADAPTER_FILE, GRID_PNG, KOHYA_FILE
+
+# The base model's license, which the adapter inherits for use with it (hub id -> card fields).
+BASE_LICENSES = {
+    "black-forest-labs/FLUX.1-dev": dict(license="other", license_name="flux-1-dev-non-commercial-license",
+                                         license_link="https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"),
+    "black-forest-labs/FLUX.1-schnell": dict(license="apache-2.0"),
+}
+# Measurements of this machine and this run, not of the adapter: kept out of the card.
+TIMINGS = ("seconds_per_step", "images_per_s", "peak_memory_mb", "total_seconds")
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
+
+
+def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, train_metrics: dict, eval_metrics: dict,
+           data_metrics: dict, prompts: list[str], credits: list[dict]) -> str:
+    """README.md's text. `run` is models/run.json; `credits` the rows of data/credits.csv."""
+    licenses = BASE_LICENSES.get(model.base, dict(license="other"))
+    data = ModelCardData(
+        base_model=model.base if model.base in BASE_LICENSES or model.base.count("/") == 1 else None,
+        library_name="diffusers", tags=["text-to-image", "diffusers", "lora", "flux", "template:sd-lora", "iconforge"],
+        instance_prompt=trigger, widget=[{"text": p, "output": {"url": GRID_PNG}} for p in prompts[:1]], **licenses)
+    need = [c for c in credits if c.get("needs_attribution") == "true"]
+    by_license: dict[str, int] = {}
+    for c in need:
+        by_license[c["license"]] = by_license.get(c["license"], 0) + 1
+    smoke = bool(eval_metrics.get("smoke"))
+    split = data_metrics["dataset"]["by_split"]
+    example = f"{trigger}, zebrafish embryo"
+    lines = [
+        f"# iconforge LoRA: {trigger}",
+        "",
+        f"A LoRA adapter for `{model.base}` that draws flat scientific icons in the style of the "
+        f"[bioicons](https://bioicons.com) library. Start prompts with the trigger phrase **`{trigger}`**.",
+        "",
+    ]
+    if smoke:
+        lines += [f"> **Test build.** {eval_metrics.get('note', '')}", ""]
+    lines += [
+        "![base vs LoRA, one row per prompt](grid.png)",
+        "",
+        "## Files",
+        "",
+        f"- `{ADAPTER_FILE}`: diffusers format (`transformer.<module>.lora_A/B.weight`); also what ComfyUI's "
+        "and Forge's LoRA loaders read.",
+        f"- `{KOHYA_FILE}`: the same weights in kohya's FLUX format (`lora_unet_*`, q/k/v fused).",
+        f"- Both are saved at scale 1.0: the trained alpha / rank ({train.alpha:g} / {train.rank}) is folded into "
+        "the weights, so every loader applies the trained strength at LoRA strength 1.0.",
+        "",
+        "## Use",
+        "",
+        "```python",
+        "import torch",
+        "from diffusers import FluxPipeline",
+        "",
+        f'pipe = FluxPipeline.from_pretrained("{model.base}", torch_dtype=torch.bfloat16).to("cuda")',
+        f'pipe.load_lora_weights("path/to/this/folder", weight_name="{ADAPTER_FILE}")',
+        f'image = pipe("{example}", num_inference_steps=28, guidance_scale=3.5).images[0]',
+        "```",
+        "",
+        f"ComfyUI / Forge: copy `{ADAPTER_FILE}` into `models/loras/`, load it with a LoRA loader node "
+        f"(strength 1.0) after the FLUX model, and start the prompt with `{trigger}`.",
+        "",
+        "## Training",
+        "",
+        _table([("base", f"`{model.base}`" + (f" at `{model.revision}`" if model.revision else "")),
+                ("steps", train_metrics["steps"]), ("effective batch size", train_metrics["effective_batch_size"]),
+                ("training images", f"{train_metrics['train_images']} ({split['validation']} held out)"),
+                ("skipped images", train_metrics["skipped_images"]),
+                ("trainable parameters", f"{train_metrics['trainable_params']:,}"),
+                ("final training loss", f"{train_metrics['final_loss']:.4f}"),
+                ("DVC experiment", run.get("dvc_exp_name") or "(workspace run)"),
+                ("git revision", f"`{run.get('git_commit') or 'unknown'}`"),
+                ("MLflow run", f"`{run['run_id']}` (experiment `{run.get('experiment', '')}`)")]),
+        "",
+        "Settings (`params.yaml`, section `train`):",
+        "",
+        _table([(f"`train.{k}`", ", ".join(map(str, v)) if isinstance(v, (list, tuple)) else v)
+                for k, v in asdict(train).items() if k not in TrainConfig.operational()]),
+        "",
+        "## Evaluation",
+        "",
+        "CLIP score (prompt alignment) and CMMD (distance to held-out real icons; lower is closer), "
+        "LoRA against the bare base on the same prompts and seeds:",
+        "",
+        _table([(m, f"LoRA {eval_metrics['lora'][m]:.3f} / base {eval_metrics['base'][m]:.3f}")
+                for m in ("clip_score", "cmmd", "white_background_ratio", "palette_size")]),
+        "",
+        "## Limitations",
+        "",
+        "- Learned from a few thousand flat icons at most: expect the library's palette and line style, "
+        "not photographic detail; text in images is unreliable.",
+        "- The traced SVGs are a vectorisation of the PNG, not hand-drawn paths.",
+        "- Use with the base model is bound by the base model's license.",
+        "",
+        "## Credits of the training icons",
+        "",
+        f"Trained on {data_metrics['dataset']['images']} icons of bioicons. {len(need)} of them require "
+        "attribution (" + (", ".join(f"{lic}: {n}" for lic, n in sorted(by_license.items())) or "none")
+        + "); every icon, its author, license and source are listed in `ATTRIBUTION.md` beside this card. "
+        "All images were modified: rasterized from SVG, scaled and padded to a square.",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
