@@ -41,11 +41,13 @@ def trained_adapter(base, rank: int, alpha: float) -> tuple[torch.nn.Module, dic
 
 
 def comfy_delta(sd: dict[str, torch.Tensor], key: str, strength: float = 1.0) -> torch.Tensor:
-    """ComfyUI's rule (comfyanonymous/ComfyUI, comfy/weight_adapter/lora.py, LoRAAdapter.load and
-    calculate_weight): alpha is read only from the `<key>.alpha` tensor; the patch is
-    strength * (alpha / rank) * up @ down with rank = down.shape[0], and scale 1.0 without an alpha
-    tensor (safetensors metadata is never read). Forge uses the same rule (lllyasviel/
-    stable-diffusion-webui-forge, packages_3rdparty/comfyui_lora_collection/lora.py)."""
+    """ComfyUI's rule (comfyanonymous/ComfyUI: comfy/lora.py `load_lora` reads alpha only from the
+    `<key>.alpha` tensor, never from safetensors metadata; comfy/weight_adapter/lora.py
+    `LoRAAdapter.calculate_weight` adds strength * (alpha / rank) * up @ down with rank =
+    down.shape[0], and scale 1.0 when there is no alpha). Forge applies the same rule
+    (lllyasviel/stable-diffusion-webui-forge: backend/patcher/lora.py `merge_lora_to_weight`, with
+    `load_lora` from packages_3rdparty/comfyui_lora_collection/lora.py). bench/check_loaders.py
+    runs ComfyUI's own code on a real checkout."""
     up, down = sd[f"{key}.up"], sd[f"{key}.down"]
     alpha = sd.get(f"{key}.alpha")
     scale = 1.0 if alpha is None else float(alpha) / down.shape[0]
