@@ -122,8 +122,18 @@ def test_model_card_and_registered_artifact(tiny_repo):
     run_id = json.loads((tiny_repo / "models" / "run.json").read_text(encoding="utf-8"))["run_id"]
     assert run_id in card.text and "ATTRIBUTION.md" in card.text and "Test build" in card.text
     assert (lora / "ATTRIBUTION.md").read_bytes() == (tiny_repo / "data" / "ATTRIBUTION.md").read_bytes()
-    shown = dvc.api.artifacts_show("iconforge-lora", repo=str(tiny_repo))
+    from dvc.repo import Repo
+    declared = {name: art for arts in Repo(str(tiny_repo)).artifacts.read().values() for name, art in arts.items()}
+    assert declared["iconforge-lora"].type == "model" and "lora" in declared["iconforge-lora"].labels
+
+
+def test_registered_adapter_version_is_found_through_dvc_api(repo):
+    import dvc.api
+
+    pipeline_repo.git(repo, "tag", "-a", "iconforge-lora@v1.0.0", "-m", "register the adapter")  # what `gto register` does
+    shown = dvc.api.artifacts_show("iconforge-lora", repo=str(repo))
     assert shown["path"] == "models/lora/pytorch_lora_weights.safetensors", shown
+    assert shown["rev"] == pipeline_repo.git(repo, "rev-parse", "HEAD").strip()
 
 
 def test_rank_experiment_reruns_only_the_model_stages_and_changes_metrics(repo):
@@ -170,7 +180,7 @@ def test_operational_knobs_rerun_nothing(repo):
 @pytest.mark.parametrize("key,value", [("train__lr", 0.002), ("train__rank", 8), ("train__steps", 20)])
 def test_a_training_param_changes_train_lora_and_nothing_upstream(repo, key, value):
     set_params(repo, **{key: value})
-    assert changed_stages(repo) == {"train_lora"}
+    assert changed_stages(repo) == {"train_lora", "card"}  # the card lists the training settings
 
 
 def test_training_and_sampling_params_rerun_exactly_their_stages_and_downstream(repo):
