@@ -22,7 +22,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from iconforge import paths  # noqa: E402
 from iconforge.flux.lora_io import KOHYA_BLOCKS  # noqa: E402
-from iconforge.flux.models import load_pipeline  # noqa: E402
+from iconforge.flux.models import ALLOW_CPU_ENV, load_pipeline  # noqa: E402
 
 
 def comfy_delta(adapter_module, sd: dict, key: str, shape: tuple[int, int]) -> torch.Tensor:
@@ -42,12 +42,14 @@ def main() -> int:
     import comfy.weight_adapter.lora as comfy_lora
 
     repo = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT
-    pipe = load_pipeline(repo / paths.BASE)
-    pipe.load_lora_weights(repo / paths.LORA, weight_name=paths.ADAPTER_FILE, adapter_name="x")
+    os.environ.setdefault(ALLOW_CPU_ENV, "1")  # only the transformer's LoRA layers are read, nothing runs
+    os.chdir(repo)  # a relative local model.base resolves as it did for the stages
+    pipe = load_pipeline(paths.BASE, text_encoder=None, text_encoder_2=None, vae=None)
+    pipe.load_lora_weights(paths.LORA, weight_name=paths.ADAPTER_FILE, adapter_name="x")
     want = {n: m.scaling["x"] * m.lora_B["x"].weight.float() @ m.lora_A["x"].weight.float()
             for n, m in pipe.transformer.named_modules() if hasattr(m, "lora_B") and "x" in m.lora_B}
-    diffusers_sd = load_file(repo / paths.LORA_FILE)
-    kohya_sd = load_file(repo / paths.LORA_KOHYA_FILE)
+    diffusers_sd = load_file(paths.LORA_FILE)
+    kohya_sd = load_file(paths.LORA_KOHYA_FILE)
     worst = 0.0
     for name, delta in want.items():
         worst = max(worst, (comfy_delta(comfy_lora, diffusers_sd, f"transformer.{name}", delta.shape) - delta).abs().max())

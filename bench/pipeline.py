@@ -14,7 +14,7 @@ same run, interleaved where it is cheap, so the ratios share the machine's load:
   2. `import stages.X` per stage (wall time minus a bare interpreter start, best of --repeat)
      and which heavy packages it pulls in;
   3. fail-fast: time until the stage exits on an unknown key in its params section;
-  4. `dvc repro --single-item <stage>` for the seven stages in order (per-stage wall time);
+  4. `dvc repro --single-item <stage>` for the stages in order (per-stage wall time);
   5. the no-op `dvc repro` once everything is up to date (best of --repeat);
   6. the whole `dvc repro` in a fresh copy;
   7. hashes of every stage's outputs (data/png, data/dataset, models/lora, samples/, ...)
@@ -58,7 +58,7 @@ PACKAGES = ("torch", "diffusers", "transformers", "open_clip", "mlflow", "accele
 # Outputs hashed, in pipeline order, so the first one that differs names the stage that diverged.
 OUTPUTS = {str(p) + label: (p, pattern) for p, label, pattern in [
     (paths.MANIFEST, "", ""), (paths.FILTERED, "", ""), (paths.PNG, "", "**/*"), (paths.DATASET, "", "**/*"),
-    (paths.LORA, "", "**/*"), (paths.SAMPLES, " (png)", "**/*.png"), (paths.SAMPLES, " (all)", "**/*"),
+    (paths.LORA_FILE, "", ""), (paths.LORA_KOHYA_FILE, "", ""), (paths.SAMPLES, " (png)", "**/*.png"), (paths.SAMPLES, " (all)", "**/*"),
     (paths.EVAL_METRICS, "", "")]}
 
 
@@ -192,7 +192,7 @@ def report(meta: dict, deps: dict[str, float], result: dict, stages: list[str]) 
 
     print(f"\n| pipeline | {'before | after | ratio' if b else 'seconds'} |")
     print("| --- | ---: |" + (" ---: | ---: |" if b else ""))
-    for key, what in (("per_stage_total_s", "sum of the seven `dvc repro --single-item`"),
+    for key, what in (("per_stage_total_s", "sum of the per-stage `dvc repro --single-item`"),
                       ("full_repro_s", "whole `dvc repro`, fresh copy"),
                       ("noop_s", "no-op `dvc repro` (all up to date)")):
         print(f"| {what} | " + (f"{b[key]:.1f} | {a[key]:.1f} | {ratio(a[key], b[key])} |" if b else f"{a[key]:.1f} |"))

@@ -64,8 +64,3 @@ def write_json(dest: Path, obj) -> None:
     """Stable JSON (sorted keys, fixed indent) so equal content means equal bytes."""
     write_text(dest, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
-
-def write_jsonl(dest: Path, rows) -> None:
-    with atomic_file(dest) as f:
-        for row in rows:
-            f.write(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n")

@@ -1,7 +1,7 @@
 """MLflow tracking: where runs go, and one run shared by train_lora, sample and evaluate.
 
 train_lora starts the run and writes models/run.json {run_id, experiment,
-tracking_uri}; sample and evaluate log into that same run with `resume_run()`.
+tracking_uri, dvc_exp_name, git_commit}; sample and evaluate log into that same run with `resume_run()`.
 The store is MLFLOW_TRACKING_URI if set, else `sqlite:///<repo root>/mlflow.db`
 with artifacts in <repo root>/mlartifacts. The repo root is the original
 repository also for queued experiments (paths.repo_root), so their runs land

@@ -1,27 +1,33 @@
 """Stage card: the adapter's model card -> models/lora/README.md (Hugging Face format), with the
 training icons' credits (models/lora/ATTRIBUTION.md) and the sample grid (models/lora/grid.png)
 beside it, so the folder a user takes away carries what the licenses ask for."""
-import shutil
+from pathlib import Path
 
 from iconforge import paths
-from iconforge.atomic import write_text
+from iconforge.atomic import write_bytes, write_text
 from iconforge.config import CaptionConfig, ModelConfig, TrainConfig, load, load_field
-from iconforge.errors import run_stage
-from iconforge.flux.card import render
-from iconforge.tables import read_csv, read_json, require
+from iconforge.errors import InputError, run_stage
+from iconforge.tables import read_json, require
 
 
 def main() -> None:
     model, train = load(ModelConfig), load(TrainConfig)
     trigger = load_field(CaptionConfig, "trigger")
+    from iconforge.evaluate.sampling import read_index
+    from iconforge.flux.card import EVAL_FIELDS, TRAIN_FIELDS, render
+    from iconforge.tracking import read_run_json
+
     require(paths.ATTRIBUTION, paths.SAMPLES_GRID)
-    index = read_json(paths.SAMPLES_INDEX, required=("samples",))
-    text = render(model, train, trigger, read_json(paths.RUN_JSON, required=("run_id",)),
-                  read_json(paths.TRAIN_METRICS), read_json(paths.EVAL_METRICS), read_json(paths.DATA_METRICS),
-                  [s["prompt"] for s in index["samples"]], read_csv(paths.CREDITS, ["license", "needs_attribution"]))
+    scores = read_json(paths.EVAL_METRICS, required=("lora", "base"))
+    for kind in ("lora", "base"):
+        if not isinstance(scores[kind], dict) or any(f not in scores[kind] for f in EVAL_FIELDS):
+            raise InputError(f"{paths.EVAL_METRICS}: {kind} lacks one of {', '.join(EVAL_FIELDS)}")
+    text = render(model, train, trigger, read_run_json(paths.RUN_JSON),
+                  read_json(paths.TRAIN_METRICS, required=TRAIN_FIELDS), scores,
+                  read_json(paths.DATA_METRICS, required=("dataset",)), read_index(paths.SAMPLES_INDEX))
     write_text(paths.CARD, text)
-    shutil.copyfile(paths.ATTRIBUTION, paths.CARD_ATTRIBUTION)
-    shutil.copyfile(paths.SAMPLES_GRID, paths.CARD_GRID)
+    for src, dest in ((paths.ATTRIBUTION, paths.CARD_ATTRIBUTION), (paths.SAMPLES_GRID, paths.CARD_GRID)):
+        write_bytes(dest, Path(src).read_bytes())
     print(f"card: {paths.CARD} (+ {paths.CARD_ATTRIBUTION.name}, {paths.CARD_GRID.name})")
 
 

@@ -24,12 +24,13 @@ def main() -> None:
     from iconforge.atomic import write_json
     from iconforge.evaluate.metrics import (CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip,
                                             load_real_images)
+    from iconforge.evaluate.sampling import read_index
     from iconforge.evaluate.style import METRICS
     from iconforge.flux.models import TINY, read_base
-    from iconforge.tables import read_json, write_csv
+    from iconforge.tables import write_csv
     from iconforge.tracking import read_run_json, resume_run
 
-    index = read_json(paths.SAMPLES_INDEX, required=("samples",))
+    index = read_index(paths.SAMPLES_INDEX)
     run = read_run_json(paths.RUN_JSON)
     smoke = read_base(paths.BASE)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -19,7 +19,7 @@ def main() -> None:
 
     require(paths.LORA_FILE)
     run = read_run_json(paths.RUN_JSON)
-    prompts = build_prompts(cfg, trigger, read_metadata(paths.VALIDATION_SPLIT))
+    prompts = build_prompts(cfg, trigger, read_metadata(paths.VALIDATION_METADATA.parent))  # captions only
     device, dtype = pick_device()
     pipe = load_pipeline(paths.BASE, device, dtype)
     base, lora = render_base_and_lora(pipe, paths.LORA_FILE, prompts, cfg)

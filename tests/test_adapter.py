@@ -168,14 +168,17 @@ def test_model_card_names_base_license_trigger_and_credits():
                   {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
                   {"steps": 1000, "effective_batch_size": 1, "train_images": 2000, "skipped_images": 0,
                    "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
-                  {"lora": scores, "base": scores}, {"dataset": {"images": 2200, "by_split": {"validation": 200}}},
-                  ["bioicons style, zebrafish embryo"],
-                  [{"license": "cc-by-4.0", "needs_attribution": "true"}, {"license": "cc-0", "needs_attribution": "false"}])
+                  {"lora": scores, "base": scores},
+                  {"dataset": {"images": 2200, "by_split": {"train": 2000, "validation": 200},
+                               "by_license": {"cc-by-4.0": {"train": 1500, "validation": 150},
+                                              "cc-0": {"train": 500, "validation": 50}}}},
+                  {"steps": 28, "guidance": 3.5, "samples": [{"prompt": "bioicons style, zebrafish embryo"}]})
     card = ModelCard(text)
     meta = card.data.to_dict()
     assert meta["base_model"] == "black-forest-labs/FLUX.1-dev" and meta["license_name"] == "flux-1-dev-non-commercial-license"
     assert meta["instance_prompt"] == "bioicons style" and meta["widget"][0]["text"] == "bioicons style, zebrafish embryo"
-    assert "1 of them require attribution (cc-by-4.0: 1)" in card.text and "`ATTRIBUTION.md`" in card.text
+    assert "Trained on 2000 icons of bioicons. 1500 of them require attribution (cc-by-4.0: 1500)" in card.text
+    assert "`ATTRIBUTION.md`" in card.text and "num_inference_steps=28, guidance_scale=3.5" in card.text
     assert "rank32" in card.text and "abc123" in card.text and "`f00`" in card.text
     assert "seconds_per_step" not in card.text and "1.7" not in card.text  # no timings: same inputs, same bytes
     assert "Test build" not in card.text

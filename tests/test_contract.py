@@ -132,8 +132,10 @@ def disagreements(stages: dict[str, dict]) -> list[str]:
                 problems.append(f"{name}: runs {f}, which is not a dep")
         closure = import_closure(module)
         for d in sorted(code_deps):
-            if not any(inside(f, {d}) for f in closure):
-                problems.append(f"{name}: dep {d} is code the stage does not import")
+            files = [p.relative_to(ROOT).as_posix() for p in (ROOT / d).rglob("*.py")] if (ROOT / d).is_dir() else [d]
+            for f in files:
+                if f not in closure and not (f.endswith("__init__.py") and not _has_code(ROOT / f)):
+                    problems.append(f"{name}: dep {d} holds {f}, code the stage does not import")
         declared = (deps - code_deps) | entries(stage, "outs", "metrics", "plots")
         used = contract_paths_used(module)
         for p in sorted(used):

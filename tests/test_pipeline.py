@@ -15,6 +15,7 @@ import yaml
 
 from conftest import FULL_ARCHIVE, needs_full
 import pipeline_repo
+from iconforge import paths
 from iconforge.config import KNOWN_LICENSES, parse_params
 from pipeline_repo import ALL_STAGES, MODEL_STAGES, dvc, make_repo, ran_stages
 
@@ -110,7 +111,6 @@ def test_model_outputs_and_mlflow_run(tiny_repo):
 
 def test_model_card_and_registered_artifact(tiny_repo):
     from huggingface_hub import ModelCard
-    import dvc.api
 
     lora = tiny_repo / "models" / "lora"
     assert sorted(p.name for p in lora.iterdir() if not p.name.startswith(".")) == [
@@ -132,7 +132,7 @@ def test_registered_adapter_version_is_found_through_dvc_api(repo):
 
     pipeline_repo.git(repo, "tag", "-a", "iconforge-lora@v1.0.0", "-m", "register the adapter")  # what `gto register` does
     shown = dvc.api.artifacts_show("iconforge-lora", repo=str(repo))
-    assert shown["path"] == "models/lora/pytorch_lora_weights.safetensors", shown
+    assert shown["path"] == paths.LORA_FILE.as_posix(), shown
     assert shown["rev"] == pipeline_repo.git(repo, "rev-parse", "HEAD").strip()
 
 

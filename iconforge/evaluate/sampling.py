@@ -19,6 +19,7 @@ from tqdm import tqdm
 from iconforge.atomic import write_json
 from iconforge.config import SampleConfig
 from iconforge.errors import InputError, MissingInput
+from iconforge.tables import read_json
 from iconforge.evaluate.grid import contact_sheet
 from iconforge.evaluate.trace import png_bytes, trace_svg
 from iconforge.paths import GRID_PNG, INDEX_JSON
@@ -84,6 +85,21 @@ def render_base_and_lora(pipe: FluxPipeline, lora_file: Path, prompts: list[Prom
     pipe.load_lora_weights(str(lora_file), adapter_name=LORA_ADAPTER)
     lora = render(pipe, prompts, cfg, "lora")
     return base, lora
+
+
+def read_index(path: Path) -> dict:
+    """samples/index.json, checked: every entry's prompt, seed and file names are what write_samples
+    writes (`<kind>/NNN.png`), so no other file is opened because the index names it."""
+    index = read_json(path, required=("samples", "size", "steps", "guidance"))
+    samples = index["samples"]
+    if not isinstance(samples, list) or not samples:
+        raise InputError(f"{path}: samples must be a non-empty list")
+    for i, s in enumerate(samples):
+        files = {k: f"{k}/{i:03d}.{ext}" for k, ext in (("base", "png"), ("lora", "png"), ("svg", "svg"))}
+        if not (isinstance(s, dict) and isinstance(s.get("prompt"), str) and isinstance(s.get("seed"), int)
+                and s.get("files") == files):
+            raise InputError(f"{path}: samples[{i}] is not an entry sample wrote (prompt, seed, files {files})")
+    return index
 
 
 def write_samples(out: Path, prompts: list[Prompt], base: list[Image.Image], lora: list[Image.Image],

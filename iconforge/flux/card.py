@@ -13,6 +13,8 @@ from dataclasses import asdict
 from huggingface_hub import ModelCard, ModelCardData
 
 from iconforge.config import ModelConfig, TrainConfig
+from iconforge.dataset.licenses import LICENSES
+from iconforge.flux.models import HUB, base_kind
 from iconforge.paths import ADAPTER_FILE, GRID_PNG, KOHYA_FILE
 
 # The base model's license, which the adapter inherits for use with it (hub id -> card fields).
@@ -21,8 +23,10 @@ BASE_LICENSES = {
                                          license_link="https://huggingface.co/black-forest-labs/FLUX.1-dev/blob/main/LICENSE.md"),
     "black-forest-labs/FLUX.1-schnell": dict(license="apache-2.0"),
 }
-# Measurements of this machine and this run, not of the adapter: kept out of the card.
-TIMINGS = ("seconds_per_step", "images_per_s", "peak_memory_mb", "total_seconds")
+# Read from the metrics files (stages/card.py requires them); timings are left out: they describe
+# the machine and the run, not the adapter, and would change the card's bytes run to run.
+TRAIN_FIELDS = ("steps", "effective_batch_size", "train_images", "skipped_images", "trainable_params", "final_loss")
+EVAL_FIELDS = ("clip_score", "cmmd", "white_background_ratio", "palette_size")
 
 
 def _table(rows: list[tuple[str, object]]) -> str:
@@ -30,20 +34,21 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 
 def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, train_metrics: dict, eval_metrics: dict,
-           data_metrics: dict, prompts: list[str], credits: list[dict]) -> str:
-    """README.md's text. `run` is models/run.json; `credits` the rows of data/credits.csv."""
+           data_metrics: dict, index: dict) -> str:
+    """README.md's text from models/run.json, metrics/{train,eval,data}.json and samples/index.json."""
     licenses = BASE_LICENSES.get(model.base, dict(license="other"))
+    prompts = [s["prompt"] for s in index["samples"]]
+    on_hub = base_kind(model.base) == HUB
     data = ModelCardData(
-        base_model=model.base if model.base in BASE_LICENSES or model.base.count("/") == 1 else None,
+        base_model=model.base if on_hub else None,
         library_name="diffusers", tags=["text-to-image", "diffusers", "lora", "flux", "template:sd-lora", "iconforge"],
         instance_prompt=trigger, widget=[{"text": p, "output": {"url": GRID_PNG}} for p in prompts[:1]], **licenses)
-    need = [c for c in credits if c.get("needs_attribution") == "true"]
-    by_license: dict[str, int] = {}
-    for c in need:
-        by_license[c["license"]] = by_license.get(c["license"], 0) + 1
+    # What the adapter learned from: the train split (validation icons were only compared against).
+    trained_on = {lic: c["train"] for lic, c in data_metrics["dataset"]["by_license"].items() if c["train"]}
+    by_license = {lic: n for lic, n in trained_on.items() if LICENSES[lic].needs_attribution}
     smoke = bool(eval_metrics.get("smoke"))
     split = data_metrics["dataset"]["by_split"]
-    example = f"{trigger}, zebrafish embryo"
+    example = prompts[0]
     lines = [
         f"# iconforge LoRA: {trigger}",
         "",
@@ -72,7 +77,7 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         "",
         f'pipe = FluxPipeline.from_pretrained("{model.base}", torch_dtype=torch.bfloat16).to("cuda")',
         f'pipe.load_lora_weights("path/to/this/folder", weight_name="{ADAPTER_FILE}")',
-        f'image = pipe("{example}", num_inference_steps=28, guidance_scale=3.5).images[0]',
+        f'image = pipe("{example}", num_inference_steps={index["steps"]}, guidance_scale={index["guidance"]:g}).images[0]',
         "```",
         "",
         f"ComfyUI / Forge: copy `{ADAPTER_FILE}` into `models/loras/`, load it with a LoRA loader node "
@@ -101,7 +106,7 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         "LoRA against the bare base on the same prompts and seeds:",
         "",
         _table([(m, f"LoRA {eval_metrics['lora'][m]:.3f} / base {eval_metrics['base'][m]:.3f}")
-                for m in ("clip_score", "cmmd", "white_background_ratio", "palette_size")]),
+                for m in EVAL_FIELDS]),
         "",
         "## Limitations",
         "",
@@ -112,7 +117,7 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         "",
         "## Credits of the training icons",
         "",
-        f"Trained on {data_metrics['dataset']['images']} icons of bioicons. {len(need)} of them require "
+        f"Trained on {sum(trained_on.values())} icons of bioicons. {sum(by_license.values())} of them require "
         "attribution (" + (", ".join(f"{lic}: {n}" for lic, n in sorted(by_license.items())) or "none")
         + "); every icon, its author, license and source are listed in `ATTRIBUTION.md` beside this card. "
         "All images were modified: rasterized from SVG, scaled and padded to a square.",

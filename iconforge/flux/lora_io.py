@@ -27,6 +27,7 @@ from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dic
 from safetensors.torch import save
 
 from iconforge.atomic import write_bytes
+from iconforge.config import ConfigError
 
 
 def add_lora(transformer: torch.nn.Module, rank: int, alpha: float, target_modules: tuple[str, ...],
@@ -108,6 +109,14 @@ KOHYA_BLOCKS = (("transformer_blocks", "double_blocks", KOHYA_DOUBLE),
 KOHYA_TOP = {"proj_out": "final_layer_linear"}  # outside the blocks (a target "proj_out" matches it too)
 
 
+def check_exportable(transformer: torch.nn.Module) -> None:
+    """Refuse, before training, LoRA targets that kohya's FLUX format has no name for."""
+    try:
+        to_kohya(adapter_state(transformer), out_features(transformer))
+    except ValueError as e:
+        raise ConfigError(f"train.target_modules: {e} (kohya export; see README: Use the adapter)") from None
+
+
 def to_kohya(state: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str, torch.Tensor]:
     """A folded adapter (scale 1.0; peft keys, `transformer.` prefix optional) in kohya's FLUX format.
 
@@ -133,14 +142,14 @@ def to_kohya(state: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str
                                         else torch.zeros(widths[n], rank, dtype=dtype) for n in names])
                 key = f"lora_unet_{kohya_block}_{i}_{layer}"
                 out |= {f"{key}.lora_down.weight": down.contiguous(), f"{key}.lora_up.weight": up.contiguous(),
-                        f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=dtype)}
+                        f"{key}.alpha": torch.tensor(float(down.shape[0]))}  # fp32: exact for any rank
                 done.update(n for n in names if n in trained)
     for name, layer in KOHYA_TOP.items():
         if name in trained:
             key = f"lora_unet_{layer}"
             down = state[f"{name}.lora_A.weight"]
             out |= {f"{key}.lora_down.weight": down, f"{key}.lora_up.weight": state[f"{name}.lora_B.weight"],
-                    f"{key}.alpha": torch.tensor(float(down.shape[0]), dtype=down.dtype)}
+                    f"{key}.alpha": torch.tensor(float(down.shape[0]))}
             done.add(name)
     missing = sorted(trained - done)
     if missing:

@@ -8,7 +8,6 @@ full-size model on a machine without CUDA stops before any download.
 """
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,6 +19,7 @@ from iconforge.atomic import atomic_dir, write_json
 from iconforge.config import ModelConfig
 from iconforge.errors import StageError
 from iconforge.paths import BASE_JSON
+from iconforge.tables import read_json
 
 if TYPE_CHECKING:
     from diffusers import FluxPipeline
@@ -100,10 +100,7 @@ def resolve_base(cfg: ModelConfig, out_dir: Path) -> dict:
 
 
 def read_base(base_dir: Path) -> dict:
-    path = Path(base_dir) / BASE_JSON
-    if not path.is_file():
-        raise ModelError(f"{path}: missing; run the train_lora stage first (it writes models/base)")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(Path(base_dir) / BASE_JSON, required=("base", "kind", "revision"))
 
 
 def model_source(base_dir: Path, device: torch.device | str | None = None) -> Path:

@@ -52,7 +52,7 @@ from iconforge.flux.checkpoint import (Checkpoint, clear_checkpoints, latest_che
 from iconforge.dataset.imagefolder import read_metadata
 from iconforge.errors import InputError, StageError
 from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, Example, build_cache, load_entry
-from iconforge.flux.lora_io import adapter_state, add_lora, load_adapter_state, save_adapter
+from iconforge.flux.lora_io import adapter_state, add_lora, check_exportable, load_adapter_state, save_adapter
 from iconforge.flux.models import model_source
 from iconforge.tables import write_csv
 
@@ -166,7 +166,8 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter],
 def params_hash(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, examples: list[Example],
                 world: int) -> str:
     """What a checkpoint must match to be resumed: every input of the math (no operational knob)."""
-    train = {k: v for k, v in asdict(cfg).items() if k not in TrainConfig.operational()}
+    # save_dtype only casts the saved file: a checkpoint trained under another one resumes.
+    train = {k: v for k, v in asdict(cfg).items() if k not in TrainConfig.operational() | {"save_dtype"}}
     blob = json.dumps({"model": asdict(model_cfg), "train": train, "base": base_info, "world": world,
                        "data": [asdict(e) for e in examples]}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -315,6 +316,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     source = model_source(paths.base, device)
     transformer = FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=wdtype)
     params = prepare_transformer(transformer, cfg)
+    check_exportable(transformer)  # a target the kohya file cannot name fails now, not after training
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
     latent_shape = tuple(load_entry(paths.cache, examples[0].image_key)["mean"].shape)
 
