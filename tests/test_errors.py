@@ -10,6 +10,8 @@ import pytest
 from conftest import ROOT, committed_text
 
 MISSING = "missing (run the stage that writes it first)"
+INDEX = ('{"size": 64, "steps": 4, "guidance": 3.5, "samples": [{"index": 0, "prompt": "p", "seed": 0, '
+         '"files": {"base": "base/000.png", "lora": "lora/000.png", "svg": "svg/000.svg"}}]}')
 
 
 def run(stage: str, cwd) -> subprocess.CompletedProcess:
@@ -40,9 +42,10 @@ CASES = [
      "sample: data/dataset/validation/metadata.jsonl:2: not JSON"),
     ("sample", {"models/lora/pytorch_lora_weights.safetensors": ""}, f"sample: models/run.json: {MISSING}"),
     ("evaluate", {}, f"evaluate: samples/index.json: {MISSING}"),
-    ("evaluate", {"samples/index.json": '{"samples": []}'}, f"evaluate: models/run.json: {MISSING}"),
-    ("evaluate", {"samples/index.json": '{"samples": []}', "models/run.json": "{truncated"},
+    ("evaluate", {"samples/index.json": INDEX}, f"evaluate: models/run.json: {MISSING}"),
+    ("evaluate", {"samples/index.json": INDEX, "models/run.json": "{truncated"},
      "evaluate: models/run.json: not valid JSON"),
+    ("evaluate", {"samples/index.json": '{"samples": []}'}, "evaluate: samples/index.json: missing field(s) size"),
 ]
 
 

@@ -9,6 +9,8 @@ import mlflow
 import numpy as np
 import open_clip
 import pytest
+
+from iconforge.errors import InputError
 import torch
 from huggingface_hub import constants as hf_constants
 from PIL import Image, ImageDraw
@@ -72,8 +74,8 @@ def project(tmp_path, run_json, monkeypatch) -> Path:
         noise(i).save(samples / f"base/{i:03d}.png")
         flat_icon(i).save(samples / f"lora/{i:03d}.png")
         entries.append({"index": i, "prompt": f"bioicons style, thing {i}", "seed": i,
-                        "files": {"base": f"base/{i:03d}.png", "lora": f"lora/{i:03d}.png"}})
-    write_json(samples / "index.json", {"samples": entries})
+                        "files": {"base": f"base/{i:03d}.png", "lora": f"lora/{i:03d}.png", "svg": f"svg/{i:03d}.svg"}})
+    write_json(samples / "index.json", {"size": 64, "steps": 4, "guidance": 3.5, "samples": entries})
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_of(run_json))
     monkeypatch.chdir(tmp_path)
     return tmp_path
@@ -152,6 +154,16 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
 
     evaluate.main()  # same inputs, same bytes
     assert (project / "metrics/eval.json").read_bytes() == first
+
+
+def test_index_naming_another_file_is_refused(project):
+    from stages import evaluate
+
+    index = json.loads((project / "samples/index.json").read_text())
+    index["samples"][0]["files"]["lora"] = "../../etc/passwd"
+    (project / "samples/index.json").write_text(json.dumps(index))
+    with pytest.raises(InputError, match=r"samples/index.json: samples\[0\] is not an entry sample wrote"):
+        evaluate.main()
 
 
 def test_missing_clip_weights_fail_fast_and_say_what_to_do(project, monkeypatch):

@@ -22,6 +22,7 @@ import yaml
 from moto.server import ThreadedMotoServer
 
 from conftest import SAMPLE_ARCHIVE
+from iconforge import paths
 from iconforge.tracking import tracking_uri
 from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
 
@@ -121,8 +122,8 @@ def test_push_to_s3_then_a_fresh_clone_pulls_everything_and_is_up_to_date(repo, 
     clone = tmp_path / "clone"
     run(tmp_path, "git", "clone", "-q", str(repo), str(clone))
     assert not (clone / ".dvc" / "cache").exists()
-    assert not any((clone / p).exists() for p in ("data/raw", "data/raster_cache", "data/dataset", "models/lora",
-                                                  "models/checkpoints", "samples"))
+    assert not any((clone / p).exists() for p in ("data/raw", "data/raster_cache", "data/dataset", "models/checkpoints",
+                                                  "samples", paths.LORA_FILE, paths.LORA_KOHYA_FILE, paths.CARD))
 
     dvc(clone, "pull", extra_env=S3_ENV)
     assert dvc(clone, "status").strip() == UP_TO_DATE
