@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from iconforge.atomic import write_json
 from iconforge.config import SampleConfig
-from iconforge.errors import InputError, MissingInput
+from iconforge.errors import InputError
 from iconforge.tables import read_json
 from iconforge.evaluate.grid import contact_sheet
 from iconforge.evaluate.trace import png_bytes, trace_svg
@@ -79,8 +79,6 @@ def render(pipe: FluxPipeline, prompts: list[Prompt], cfg: SampleConfig, desc: s
 def render_base_and_lora(pipe: FluxPipeline, lora_file: Path, prompts: list[Prompt],
                          cfg: SampleConfig) -> tuple[list[Image.Image], list[Image.Image]]:
     """Bare base first, then the same pipeline with the LoRA loaded: one set of base weights in memory."""
-    if not lora_file.is_file():
-        raise MissingInput(f"{lora_file}: missing; run the train_lora stage first")
     base = render(pipe, prompts, cfg, "base")
     pipe.load_lora_weights(str(lora_file), adapter_name=LORA_ADAPTER)
     lora = render(pipe, prompts, cfg, "lora")
