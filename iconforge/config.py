@@ -156,6 +156,18 @@ class ModelConfig(Section):
         _check(ok, self.key("base"), "must be 'tiny', a hub id like org/name, or an existing local directory", self.base)
 
 
+# LoRA target presets (module-name suffixes peft matches in every transformer block).
+ATTENTION = ("to_q", "to_k", "to_v", "to_out.0")
+TARGET_PRESETS = {
+    "attention": ATTENTION,  # image-stream attention (and the single blocks' q/k/v)
+    "attention_text": ATTENTION + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out"),  # + text-stream projections
+    # Every linear layer of the blocks, as diffusers' train_dreambooth_lora_flux.py trains by default.
+    "all_linear": ATTENTION + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out", "ff.net.0.proj", "ff.net.2",
+                               "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp"),
+}
+TIMESTEP_SCHEMES = ("uniform", "logit_normal", "sigmoid")
+
+
 @dataclass(frozen=True)
 class TrainConfig(Section):
     section: typing.ClassVar[str] = "train"
@@ -169,9 +181,13 @@ class TrainConfig(Section):
     resolution: int
     mixed_precision: str
     gradient_checkpointing: bool
-    target_modules: tuple[str, ...]
-    timestep_sampling: str
-    guidance: float  # the guidance embedding value fed to FLUX.1-dev while training
+    targets: str  # LoRA target preset, one of TARGET_PRESETS
+    timestep_sampling: str  # how t in (0, 1) is drawn, one of TIMESTEP_SCHEMES
+    logit_mean: float  # logit_normal: t = sigmoid(N(logit_mean, logit_std))
+    logit_std: float
+    sigmoid_scale: float  # sigmoid (kohya's name): t = sigmoid(sigmoid_scale * N(0, 1))
+    timestep_shift: bool  # shift t towards noise by image size, as FLUX's sampler does (mu of calculate_shift)
+    guidance: float  # the guidance embedding value fed while training (ignored by models without one)
     caption_dropout: float
     optimizer: str
     weight_decay: float
@@ -179,19 +195,30 @@ class TrainConfig(Section):
     warmup_steps: int
     max_grad_norm: float
     save_dtype: str  # dtype of the saved adapter: bf16 (half the file) or fp32
+    val_every: int  # steps between validation losses (also taken at the end)
+    val_images: int  # validation images in the validation loss (evenly spaced over the split)
     checkpoint_every: Annotated[int, OPERATIONAL]  # steps between resume checkpoints
     log_every: Annotated[int, OPERATIONAL]  # steps between host syncs of the loss and MLflow writes
+    # Content-keyed VAE/text encodings shared by all experiments (relative to the repo root, outside DVC's outputs).
+    cache_dir: Annotated[str, OPERATIONAL]
+    cache_max_gb: Annotated[float, OPERATIONAL]  # least recently used entries beyond this are deleted
+
+    @property
+    def target_modules(self) -> tuple[str, ...]:
+        return TARGET_PRESETS[self.targets]
 
     def __post_init__(self):
         self.positive("steps", "lr", "rank", "alpha", "batch_size", "grad_accum", "resolution",
-                      "checkpoint_every", "log_every", "max_grad_norm")
+                      "checkpoint_every", "log_every", "max_grad_norm", "logit_std", "sigmoid_scale", "val_every",
+                      "val_images", "cache_max_gb")
         _check(self.resolution % 16 == 0, self.key("resolution"), "must be a multiple of 16", self.resolution)
         self.one_of("mixed_precision", ("no", "fp16", "bf16"))
         self.one_of("save_dtype", ("bf16", "fp32"))
-        self.one_of("timestep_sampling", ("sigmoid", "uniform", "logit_normal"))
+        self.one_of("timestep_sampling", TIMESTEP_SCHEMES)
+        self.one_of("targets", tuple(TARGET_PRESETS))
         self.one_of("optimizer", ("adamw", "adamw_fused", "adamw8bit"))
         self.one_of("lr_scheduler", ("constant", "linear", "cosine"))
-        _check(len(self.target_modules) > 0, self.key("target_modules"), "must not be empty", self.target_modules)
+        _check(bool(self.cache_dir.strip()), self.key("cache_dir"), "must not be empty", self.cache_dir)
         _check(0 <= self.caption_dropout < 1, self.key("caption_dropout"), "must be in [0, 1)", self.caption_dropout)
         self.non_negative("guidance", "weight_decay", "warmup_steps")
 

@@ -54,6 +54,7 @@ CHECKPOINTS = Path("models/checkpoints")  # resume state of an interrupted train
 RUN_JSON = Path("models/run.json")  # the MLflow run that train_lora started and sample/evaluate log into
 TRAIN_METRICS = Path("metrics/train.json")
 LOSS_CSV = Path("metrics/loss.csv")
+VAL_LOSS_CSV = Path("metrics/val_loss.csv")  # validation loss at fixed noise, every train.val_every steps
 
 # sample
 SAMPLES = Path("samples")

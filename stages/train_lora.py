@@ -1,5 +1,5 @@
-"""Stage train_lora: data/dataset/train -> models/base, models/lora, models/run.json, metrics/train.json,
-metrics/loss.csv.
+"""Stage train_lora: data/dataset/{train,validation} -> models/base, models/lora, models/run.json,
+metrics/train.json, metrics/loss.csv, metrics/val_loss.csv.
 
 Resolves the base model (writing models/base/ so sample and evaluate load the
 same weights), then trains the LoRA adapter, resuming from models/checkpoints/
@@ -20,13 +20,14 @@ def main() -> None:
     from iconforge.tables import require
 
     preflight(train_cfg)
-    require(paths.TRAIN_SPLIT)
+    require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT)
     acc = make_accelerator(train_cfg)
     with acc.main_process_first():  # one process writes models/base, the others then read it
         base = resolve_base(model_cfg, paths.BASE) if acc.is_main_process else read_base(paths.BASE)
-    out = Paths(dataset=paths.TRAIN_SPLIT, base=paths.BASE, lora=paths.LORA_FILE, lora_kohya=paths.LORA_KOHYA_FILE,
-                checkpoints=paths.CHECKPOINTS, run_json=paths.RUN_JSON, metrics=paths.TRAIN_METRICS,
-                loss_csv=paths.LOSS_CSV)
+    out = Paths(dataset=paths.TRAIN_SPLIT, validation=paths.VALIDATION_SPLIT, base=paths.BASE, lora=paths.LORA_FILE,
+                lora_kohya=paths.LORA_KOHYA_FILE, checkpoints=paths.CHECKPOINTS, run_json=paths.RUN_JSON,
+                metrics=paths.TRAIN_METRICS, loss_csv=paths.LOSS_CSV, val_loss_csv=paths.VAL_LOSS_CSV,
+                cache=paths.repo_root() / train_cfg.cache_dir)  # queued experiments share the workspace's cache
     m = train(model_cfg, train_cfg, base, out, acc)
     acc.end_training()
     if m:

@@ -16,22 +16,27 @@ PARAMS = committed_params()
 # Small but exercising the whole recipe: accumulation, warmup + cosine, caption dropout, alpha != rank.
 TRAIN = dict(steps=40, resolution=64, batch_size=2, grad_accum=2, rank=4, alpha=8, lr=0.002,
              mixed_precision="no", gradient_checkpointing=False, checkpoint_every=10, caption_dropout=0.2,
-             lr_scheduler="cosine", warmup_steps=5)
+             lr_scheduler="cosine", warmup_steps=5, targets="attention", val_every=15)
 NAMES = ["cuvette", "flask", "mouse", "cell", "dna", "tube"]
+VAL_NAMES = ["beaker", "pipette"]
 
 
-def make_repo(path: Path, model=None, **train) -> Path:
-    """A minimal repo: params.yaml and a 6-image captioned train split."""
-    split = path / "data/dataset/train"
+def _write_split(split: Path, names: list[str], offset: int) -> None:
     rows = []
-    for i, name in enumerate(NAMES):
+    for i, name in enumerate(names, offset):
         im = Image.new("RGBA", (96, 96), (0, 0, 0, 0))
-        ImageDraw.Draw(im).ellipse((8 + 6 * i, 12, 88, 84 - 5 * i), fill=(40 * i, 120, 220 - 35 * i, 255))
+        ImageDraw.Draw(im).ellipse((8 + 6 * i, 12, 88, 84 - 5 * i), fill=(40 * i % 256, 120, 220 - 25 * i, 255))
         f = f"cc-0/Lab_apparatus/Servier/{name}.png"
         (split / f).parent.mkdir(parents=True, exist_ok=True)
         im.save(split / f)
         rows.append({"file_name": f, "text": f"bioicons style, {name}, Lab_apparatus"})
     (split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def make_repo(path: Path, model=None, **train) -> Path:
+    """A minimal repo: params.yaml, a 6-image captioned train split and a 2-image validation split."""
+    _write_split(path / "data/dataset/train", NAMES, 0)
+    _write_split(path / "data/dataset/validation", VAL_NAMES, len(NAMES))
     params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
               "train": {**PARAMS["train"], **TRAIN, **train}}
     (path / "params.yaml").write_text(yaml.safe_dump(params))

@@ -1,39 +1,64 @@
-"""Encode the training set once, before the training loop.
+"""The encoding cache: VAE latents and text embeddings, keyed by content, shared by every experiment.
 
-Every image's VAE latent distribution and every caption's CLIP pooled + T5
-embeddings (and the empty caption's, for caption dropout) are computed one at
-a time and cached on disk under a key of their content, then the VAE and the
-text encoders are freed, so only the transformer stays resident while training.
-Entries are reused across runs (a resumed or re-run stage encodes nothing) and
-entries no longer needed are pruned.
+It lives outside DVC's outputs (train.cache_dir, relative to the repository root:
+DVC_ROOT for queued runs, so every experiment shares one), so changing
+train.rank or train.lr encodes nothing, while another base model, resolution,
+image or caption gets entries of its own:
+
+    image key = sha256(base encoders' fingerprint, dtype, resolution, image bytes)
+    text key  = sha256(base encoders' fingerprint, dtype, T5 sequence length, caption)
+
+An entry is one safetensors file named by its key; its metadata holds the
+sha256 of its tensor data, checked on every read, so a corrupt or truncated
+entry is re-encoded (and counted), never trained on. Entries are written
+atomically. Reading an entry marks it used (its mtime): past train.cache_max_gb
+the least recently used entries are deleted, never one the current run needs.
+
+Disk cost per entry (bf16, FLUX.1-dev): a 1024 px latent's mean and std are
+2 x 16 x 128 x 128 x 2 bytes = 1 MiB; a caption's T5 embeddings 512 tokens x
+4096 x 2 bytes = 4 MiB, plus its 768-wide pooled CLIP vector. The padding
+tokens are stored too: FLUX's T5 attends to them without a mask, so their
+embeddings depend on the caption and dropping them would change the results.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
-from dataclasses import dataclass
+import json
+import os
+import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-from diffusers import AutoencoderKL, FluxPipeline
-from diffusers.training_utils import free_memory
-from safetensors.torch import load_file, save
-from tqdm import tqdm
+from safetensors.torch import load, save
 
 from iconforge.atomic import write_bytes
-from iconforge.flux.models import model_source
+from iconforge.errors import StageError
+from iconforge.flux.models import model_source, read_base
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FluxPipeline's default at inference
 EMPTY_CAPTION = ""
+ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
+HASHED_FILE_LIMIT = 256 * 2**20  # bigger weight files are fingerprinted by size and mtime, not read
+CHECKSUM = "iconforge.sha256"
 
 
-@dataclass(frozen=True)
-class Example:
-    file: str  # image path relative to the dataset split folder
-    caption: str
-    image_key: str
-    text_key: str
+class CacheError(StageError, OSError):
+    """The cache cannot be written (full disk); the message names the path and what to do."""
+
+
+@dataclass
+class CacheStats:
+    """What one run did with the cache (printed and in metrics/train.json)."""
+    encoded_images: int = 0
+    encoded_captions: int = 0
+    reused_images: int = 0
+    reused_captions: int = 0
+    corrupt_entries: int = 0  # found on read, deleted and re-encoded
+    evicted_entries: int = 0
 
 
 def _key(*parts: str | bytes) -> str:
@@ -44,8 +69,19 @@ def _key(*parts: str | bytes) -> str:
     return h.hexdigest()
 
 
-def text_key(scope: str, caption: str) -> str:
-    return _key("text", scope, str(MAX_SEQUENCE_LENGTH), caption)
+def encoder_fingerprint(base_dir: Path) -> str:
+    """What the encodings depend on: a hub base by id and revision, a saved or local one by the
+    content of its VAE, text encoders and tokenizers (huge weight files by size and mtime)."""
+    info = read_base(base_dir)
+    if info["kind"] == "hub":
+        return f"hub:{info['base']}@{info['revision']}"
+    source = model_source(base_dir)
+    h = hashlib.sha256()
+    for f in sorted(p for part in ENCODER_PARTS for p in (source / part).rglob("*") if p.is_file()):
+        st = f.stat()
+        h.update(f"{f.relative_to(source)}\0{st.st_size}\0".encode())
+        h.update(f.read_bytes() if st.st_size <= HASHED_FILE_LIMIT else str(st.st_mtime_ns).encode())
+    return f"{info['kind']}:{h.hexdigest()}"
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:
@@ -60,69 +96,116 @@ def load_image(path: Path, resolution: int) -> torch.Tensor:
     return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
 
 
-def _entry(cache_dir: Path, key: str) -> Path:
-    return Path(cache_dir) / key[:2] / f"{key}.safetensors"
+@dataclass
+class EncodingCache:
+    root: Path
+    scope: str  # encoder fingerprint and storage dtype
+    resolution: int
+    max_bytes: int
+    stats: CacheStats = field(default_factory=CacheStats)
 
+    def image_key(self, data: bytes) -> str:
+        return _key("image", self.scope, str(self.resolution), data)
 
-def load_entry(cache_dir: Path, key: str) -> dict[str, torch.Tensor]:
-    return load_file(_entry(cache_dir, key))
+    def text_key(self, caption: str) -> str:
+        return _key("text", self.scope, str(MAX_SEQUENCE_LENGTH), caption)
 
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
 
-def build_cache(rows: list[dict], split_dir: Path, base_dir: Path, base_id: str, resolution: int,
-                cache_dir: Path, device: torch.device, dtype: torch.dtype) -> tuple[list[Example], str, list[dict]]:
-    """Cache latents and embeddings for `rows`; returns (examples, empty-caption key, skipped images).
-
-    A latent entry holds the scaled distribution FLUX trains on: mean = (mean - shift) * scale,
-    std = std * scale, so a latent sample is mean + std * noise.
-    """
-    scope = f"{base_id}|{dtype}"  # entries are stored in `dtype`: a bf16 entry must not feed an fp32 run
-    examples, skipped, images = [], [], {}
-    for row in rows:
-        path = Path(split_dir) / row["file_name"]
+    def read(self, key: str) -> dict[str, torch.Tensor] | None:
+        """The entry's tensors if present and intact (marking it used); a corrupt one is deleted."""
+        path = self.path(key)
         try:
-            data = path.read_bytes()
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            (n,) = struct.unpack("<Q", raw[:8])
+            header = json.loads(raw[8:8 + n])
+            if header.get("__metadata__", {}).get(CHECKSUM) != hashlib.sha256(raw[8 + n:]).hexdigest():
+                raise ValueError("checksum mismatch")
+            tensors = load(raw)
+        except (struct.error, ValueError, UnicodeDecodeError, RuntimeError):  # truncated, garbled, bit rot
+            self.stats.corrupt_entries += 1
+            path.unlink(missing_ok=True)
+            return None
+        os.utime(path)  # least recently used = oldest mtime
+        return tensors
+
+    def load(self, key: str) -> dict[str, torch.Tensor]:
+        """An entry the run has checked before training (read() at setup)."""
+        tensors = self.read(key)
+        if tensors is None:
+            raise StageError(f"{self.path(key)}: encoding cache entry vanished or was corrupted during training; "
+                             f"rerun to re-encode it")
+        return tensors
+
+    def write(self, key: str, tensors: dict[str, torch.Tensor]) -> None:
+        blob = save(tensors)
+        (n,) = struct.unpack("<Q", blob[:8])
+        blob = save(tensors, metadata={CHECKSUM: hashlib.sha256(blob[8 + n:]).hexdigest()})
+        try:
+            write_bytes(self.path(key), blob)
         except OSError as e:
-            skipped.append({"file": str(path), "reason": f"unreadable: {e.strerror or e}"})
-            continue
-        ikey = _key("image", scope, str(resolution), data)
-        images[ikey] = path
-        examples.append(Example(row["file_name"], row["text"], ikey, text_key(scope, row["text"])))
-    empty = text_key(scope, EMPTY_CAPTION)
-    captions = {e.text_key: e.caption for e in examples} | {empty: EMPTY_CAPTION}
-    todo_img = sorted(k for k in images if not _entry(cache_dir, k).is_file())
-    todo_txt = sorted(k for k in captions if not _entry(cache_dir, k).is_file())
-    if todo_img or todo_txt:
-        source = model_source(base_dir, device)
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise CacheError(f"{self.path(key)}: no space left to cache encodings ({len(blob)} bytes for this "
+                                 f"entry): free disk space or point train.cache_dir at a bigger disk") from e
+            raise
+
+    def evict(self, keep: set[str]) -> None:
+        """Delete least recently used entries until the cache fits max_bytes; `keep` is never deleted."""
+        files = [(p.stat(), p) for p in self.root.glob("*/*.safetensors")]
+        total = sum(st.st_size for st, _ in files)
+        for st, p in sorted(files, key=lambda f: (f[0].st_mtime_ns, f[1].name)):
+            if total <= self.max_bytes:
+                break
+            if p.stem not in keep:
+                p.unlink(missing_ok=True)
+                total -= st.st_size
+                self.stats.evicted_entries += 1
+
+
+class Encoders:
+    """The base's VAE and text encoders, loaded on first use and freed by close()."""
+
+    def __init__(self, base_dir: Path, resolution: int, device: torch.device, dtype: torch.dtype):
+        self.base_dir, self.resolution, self.device, self.dtype = base_dir, resolution, device, dtype
+        self.vae = self.pipe = None
+
+    def _load(self) -> None:
+        from diffusers import AutoencoderKL, FluxPipeline
+
+        source = model_source(self.base_dir, self.device)
         # The VAE encodes in full precision (cheap next to the transformer, which is not loaded here).
-        vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=torch.float32).to(device)
-        pipe = FluxPipeline.from_pretrained(source, transformer=None, vae=vae, dtype=dtype).to(device)
-        cfg = vae.config
-        with torch.no_grad():
-            for k in tqdm(todo_img, desc="cache latents", unit="img"):
-                try:
-                    pixels = load_image(images[k], resolution)
-                except (OSError, ValueError, Image.DecompressionBombError) as e:
-                    skipped.append({"file": str(images[k]), "reason": f"not a readable image: {e}"})
-                    continue
-                dist = vae.encode(pixels[None].to(device)).latent_dist
-                mean = (dist.mean[0] - cfg.shift_factor) * cfg.scaling_factor
-                write_bytes(_entry(cache_dir, k), save({"mean": mean.to(dtype).cpu().contiguous(),
-                                                        "std": (dist.std[0] * cfg.scaling_factor).to(dtype).cpu().contiguous()}))
-            for k in tqdm(todo_txt, desc="cache captions", unit="caption"):
-                embeds, pooled, _ = pipe.encode_prompt(prompt=[captions[k]], prompt_2=None, device=device,
-                                                       max_sequence_length=MAX_SEQUENCE_LENGTH)
-                write_bytes(_entry(cache_dir, k), save({"prompt_embeds": embeds[0].to(dtype).cpu().contiguous(),
-                                                        "pooled": pooled[0].to(dtype).cpu().contiguous()}))
-        del pipe, vae
-        free_memory()
-    bad = {s["file"] for s in skipped}
-    examples = [e for e in examples if str(Path(split_dir) / e.file) not in bad]
-    _prune(cache_dir, {e.image_key for e in examples} | set(captions))
-    return examples, empty, skipped
+        self.vae = AutoencoderKL.from_pretrained(source, subfolder="vae", dtype=torch.float32).to(self.device)
+        self.pipe = FluxPipeline.from_pretrained(source, transformer=None, vae=self.vae, dtype=self.dtype).to(self.device)
 
+    @torch.no_grad()
+    def image(self, path: Path) -> dict[str, torch.Tensor]:
+        """The scaled latent distribution FLUX trains on: mean = (mean - shift) * scale, std = std * scale,
+        so a latent sample is mean + std * noise. Raises OSError/ValueError for an unreadable image."""
+        pixels = load_image(path, self.resolution)
+        if self.vae is None:
+            self._load()
+        cfg = self.vae.config
+        dist = self.vae.encode(pixels[None].to(self.device)).latent_dist
+        mean = (dist.mean[0] - cfg.shift_factor) * cfg.scaling_factor
+        return {"mean": mean.to(self.dtype).cpu().contiguous(),
+                "std": (dist.std[0] * cfg.scaling_factor).to(self.dtype).cpu().contiguous()}
 
-def _prune(cache_dir: Path, keep: set[str]) -> None:
-    for f in sorted(Path(cache_dir).glob("*/*.safetensors")):
-        if f.stem not in keep:
-            f.unlink()
+    @torch.no_grad()
+    def caption(self, text: str) -> dict[str, torch.Tensor]:
+        if self.pipe is None:
+            self._load()
+        embeds, pooled, _ = self.pipe.encode_prompt(prompt=[text], prompt_2=None, device=self.device,
+                                                    max_sequence_length=MAX_SEQUENCE_LENGTH)
+        return {"prompt_embeds": embeds[0].to(self.dtype).cpu().contiguous(),
+                "pooled": pooled[0].to(self.dtype).cpu().contiguous()}
 
+    def close(self) -> None:
+        if self.vae is not None:
+            from diffusers.training_utils import free_memory
+
+            self.vae = self.pipe = None
+            free_memory()
