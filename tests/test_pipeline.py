@@ -141,6 +141,10 @@ def test_rank_experiment_reruns_only_the_model_stages_and_changes_metrics(repo):
     assert ran_stages(out) == MODEL_STAGES, out
     lock = (repo / "dvc.lock").read_text(encoding="utf-8")
     assert "rank: 32" in lock
+    # The encodings of the first run are reused from the shared cache (.cache/encodings, outside DVC).
+    assert "train_lora: encoded 0 images and 0 captions" in out, out
+    m = json.loads((repo / "metrics/train.json").read_text())
+    assert (m["cache_encoded_images"], m["cache_encoded_captions"]) == (0, 0) and m["cache_reused_images"] > 0
 
     diff = json.loads(dvc(repo, "metrics", "diff", "HEAD", "--json"))
     changed = {name for path in diff.values() for name in path}
@@ -166,7 +170,7 @@ def changed_stages(repo: Path) -> set[str]:
 
 
 OPERATIONAL = {"fetch__timeout_s": 5, "fetch__retries": 1, "rasterize__workers": 1, "rasterize__timeout_s": 30,
-               "rasterize__max_memory_mb": 1024, "train__checkpoint_every": 7, "train__log_every": 3}
+               "rasterize__max_memory_mb": 1024, "train__checkpoint_every": 7, "train__log_every": 3, "train__cache_max_gb": 7}
 
 
 def test_operational_knobs_rerun_nothing(repo):

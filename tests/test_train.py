@@ -19,8 +19,11 @@ from iconforge.paths import ADAPTER_FILE, KOHYA_FILE
 from iconforge.flux.lora_io import add_lora, canonicalize_safetensors, load_adapter_state
 from iconforge.flux.models import load_pipeline
 from iconforge.tracking import read_run_json, resume_run, tracking_uri
-from iconforge.flux.train import batch_indices, sample_sigmas
-from train_setup import NAMES, PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
+from iconforge.config import TARGET_PRESETS
+from iconforge.flux.train import batch_indices
+from train_setup import PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
+
+NOTHING_ENCODED = "encoded 0 images and 0 captions"
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,12 @@ def test_outputs_and_adapter_loads_into_flux_pipeline(trained):
     assert m["trainable_params"] > 0 and m["peak_memory_mb"] > 0 and m["images_per_s"] > 0
     lines = (trained / "metrics/loss.csv").read_text().splitlines()
     assert lines[0] == "step,loss,lr" and len(lines) == 41
+    # The validation loss every train.val_every (15) steps and at the end, the last one in train.json.
+    val = [line.split(",") for line in (trained / "metrics/val_loss.csv").read_text().splitlines()]
+    assert val[0] == ["step", "val_loss"] and [int(r[0]) for r in val[1:]] == [15, 30, 40]
+    assert m["val_loss"] == float(val[-1][1]) > 0 and m["val_images"] == 2
+    # 6 train + 2 validation images, their 8 captions and the empty one (caption dropout), encoded once.
+    assert (m["cache_encoded_images"], m["cache_encoded_captions"], m["cache_reused_images"]) == (8, 9, 0)
     assert json.loads((trained / "models/base/base.json").read_text())["kind"] == "tiny"
     # Checkpoints and the encoding cache only serve an interrupted run: emptied once training succeeded.
     assert (trained / "models/checkpoints").is_dir() and not any((trained / "models/checkpoints").iterdir())
@@ -99,7 +108,7 @@ def test_alpha_other_than_rank_is_folded_into_the_file(trained):
     outs = {}
     for name, state in (("as trained", as_trained), ("scaled twice", folded)):
         t = load_pipeline(trained / "models/base").transformer
-        add_lora(t, rank=4, alpha=8, target_modules=tuple(PARAMS["train"]["target_modules"]), seed=0)
+        add_lora(t, rank=4, alpha=8, target_modules=TARGET_PRESETS["attention"], seed=0)
         load_adapter_state(t, state)
         outs[name] = _transformer_out(t)
     assert torch.allclose(loaded, outs["as trained"], atol=1e-6)
@@ -123,11 +132,12 @@ def in_process(monkeypatch, store):
 
 def test_same_params_give_identical_bytes(trained, tmp_path, in_process, capsys):
     other = make_repo(tmp_path)
-    for _ in range(2):  # a different process from the one that trained `trained`, then a re-run in place
+    for again in (False, True):  # a different process from the one that trained `trained`, then a re-run in place
         in_process(other)
-        assert "cache latents" in capsys.readouterr().err  # nothing is left over: each run encodes and trains afresh
+        assert (NOTHING_ENCODED in capsys.readouterr().err) == again  # the re-run reuses every encoding
         assert adapter_bytes(other) == adapter_bytes(trained)
-        assert (other / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
+        for f in ("loss.csv", "val_loss.csv"):
+            assert (other / "metrics" / f).read_bytes() == (trained / "metrics" / f).read_bytes()
 
 
 def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_process, capsys):
@@ -146,9 +156,10 @@ def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_proce
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((repo / "metrics/train.json").read_text())
     assert m["resumed_from_step"] >= 10 and f"resuming from step {m['resumed_from_step']}" in r.stderr
-    assert "cache latents" not in r.stderr  # the interrupted run's encodings are reused
+    assert NOTHING_ENCODED in r.stderr  # the interrupted run's encodings are reused
     assert adapter_bytes(repo) == adapter_bytes(trained)
-    assert (repo / "metrics/loss.csv").read_bytes() == (trained / "metrics/loss.csv").read_bytes()
+    for f in ("loss.csv", "val_loss.csv"):
+        assert (repo / "metrics" / f).read_bytes() == (trained / "metrics" / f).read_bytes()
     assert not any((repo / "models/checkpoints").iterdir()) and leftovers(repo) == []
 
     # Changed params: the checkpoints are not resumed, and the content-keyed cache is reused.
@@ -160,7 +171,7 @@ def test_killed_run_resumes_to_the_same_bytes(trained, tmp_path, store, in_proce
     in_process(changed)
     err = capsys.readouterr().err
     assert f"not resuming from step {resumable} (params or data changed)" in err
-    assert "cache latents" not in err and "cache captions" not in err
+    assert NOTHING_ENCODED in err
     assert json.loads((changed / "metrics/train.json").read_text())["resumed_from_step"] == 0
     assert not any((changed / "models/checkpoints").iterdir()) and leftovers(changed) == []
 
@@ -173,12 +184,13 @@ def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store, monkey
     run = client.get_run(info["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "iconforge"
     assert run.data.params["train.rank"] == "4" and run.data.params["model.base"] == "tiny"
-    assert run.data.params["train.target_modules"] == ",".join(PARAMS["train"]["target_modules"])
+    assert run.data.params["train.targets"] == "attention"
     assert run.data.tags["iconforge.stage"] == "train_lora" and run.data.tags["dvc.exp_name"] == "pytest-exp"
     history = client.get_metric_history(info["run_id"], "loss")
     assert sorted(m.step for m in history) == list(range(1, 41))
     # Throughput is measured over each log interval (train.log_every = 10): the loop syncs only there.
     assert sorted(m.step for m in client.get_metric_history(info["run_id"], "images_per_s")) == [10, 20, 30, 40]
+    assert sorted(m.step for m in client.get_metric_history(info["run_id"], "val_loss")) == [15, 30, 40]
     assert sorted(a.path for a in client.list_artifacts(info["run_id"], "lora")) == [f"lora/{KOHYA_FILE}",
                                                                                     f"lora/{ADAPTER_FILE}"]
 
@@ -209,16 +221,6 @@ def test_data_order_covers_every_example_each_epoch():
     assert [i for b in two for i in b] == order[:12]
 
 
-def test_sigmas_shift_towards_noise_for_bigger_images():
-    from diffusers import FlowMatchEulerDiscreteScheduler
-    from iconforge.flux.tiny import FLUX_SCHEDULER
-    sched = FlowMatchEulerDiscreteScheduler(**FLUX_SCHEDULER)
-    for scheme in ("sigmoid", "uniform", "logit_normal"):
-        small = sample_sigmas(scheme, 4096, 0.5, sched, torch.Generator().manual_seed(0))
-        big = sample_sigmas(scheme, 4096, 1.15, sched, torch.Generator().manual_seed(0))
-        assert 0 < small.min() and big.max() < 1 and big.mean() > small.mean() + 0.05
-
-
 def test_canonical_safetensors_header(tmp_path):
     f = tmp_path / "x.safetensors"
     save_file({"b": torch.ones(3), "a": torch.arange(5.0)}, f, metadata={"z": "1", "format": "pt", "m": "2"})
@@ -228,22 +230,6 @@ def test_canonical_safetensors_header(tmp_path):
     assert n % 8 == 0 and list(json.loads(raw[8:8 + n])["__metadata__"]) == ["format", "m", "z"]
     t = load_file(f)
     assert torch.equal(t["a"], torch.arange(5.0)) and torch.equal(t["b"], torch.ones(3))
-
-
-def test_unreadable_image_is_skipped_and_recorded(tmp_path):
-    from iconforge.config import ModelConfig
-    from iconforge.dataset.imagefolder import read_metadata
-    from iconforge.flux.latent_cache import build_cache
-    from iconforge.flux.models import resolve_base
-    repo = make_repo(tmp_path)
-    split = repo / "data/dataset/train"
-    (split / "cc-0/Lab_apparatus/Servier/dna.png").write_bytes(b"not a png")
-    info = resolve_base(ModelConfig(base="tiny", revision=""), repo / "models/base")
-    examples, _, skipped = build_cache(read_metadata(split), split, repo / "models/base", json.dumps(info), 32,
-                                       repo / "cache", torch.device("cpu"), torch.float32)
-    assert [s["file"] for s in skipped] == [str(split / "cc-0/Lab_apparatus/Servier/dna.png")]
-    assert "not a readable image" in skipped[0]["reason"]
-    assert sorted(e.file.split("/")[-1] for e in examples) == sorted(f"{n}.png" for n in NAMES if n != "dna")
 
 
 def test_adamw8bit_without_bitsandbytes_is_refused_up_front():

@@ -61,15 +61,16 @@ def t5_tokenizer() -> T5Tokenizer:
                        extra_ids=0, model_max_length=512)
 
 
-def build_tiny_pipeline() -> FluxPipeline:
-    """Build the tiny FluxPipeline on CPU in fp32, deterministically, without network."""
+def build_tiny_pipeline(guidance_embeds: bool = True) -> FluxPipeline:
+    """Build the tiny FluxPipeline on CPU in fp32, deterministically, without network.
+    guidance_embeds=False gives FLUX.1-schnell's layout (no guidance embedding)."""
     tok, tok2 = clip_tokenizer(), t5_tokenizer()
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream untouched
         torch.manual_seed(SEED)
         transformer = FluxTransformer2DModel(
             patch_size=1, in_channels=64, num_layers=1, num_single_layers=1, attention_head_dim=16,
-            num_attention_heads=2, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
-            guidance_embeds=True, axes_dims_rope=(4, 6, 6))
+            num_attention_heads=4, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+            guidance_embeds=guidance_embeds, axes_dims_rope=(4, 6, 6))
         vae = AutoencoderKL(
             down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
             block_out_channels=(8, 8, 16, 16), layers_per_block=1, latent_channels=16, norm_num_groups=4,

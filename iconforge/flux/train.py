@@ -416,8 +416,9 @@ def encode_data(cfg: TrainConfig, paths: Paths, world: int, device: torch.device
     examples = [replace(e, image_key=keys[e.file]) if i in chosen else e for i, e in enumerate(examples)]
 
     rows = read_metadata(paths.validation)
+    k = min(cfg.val_images, len(rows))
     val = []
-    for r in (rows[i * len(rows) // cfg.val_images] for i in range(min(cfg.val_images, len(rows)))):
+    for r in (rows[i * len(rows) // k] for i in range(k)):  # evenly spaced over the split
         try:
             val.append(Example(r["file_name"], r["text"], _image_entry(cache, encoders, paths.validation / r["file_name"])))
         except Unusable as err:
