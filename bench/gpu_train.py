@@ -8,22 +8,22 @@ Nothing is downloaded: the transformer (19 double + 38 single blocks, 3072 wide)
 T5-XXL, CLIP-L and the VAE are built from their real configs with random weights.
 Every run trains rank-16 LoRA, batch 1, bf16 mixed precision, through the
 project's own pieces (iconforge.flux.train's setup functions prepare_transformer and
-make_optimizer, its sigma sampling, batch order and seeds, iconforge.flux.latent_cache.build_cache) and
+make_optimizer, its sigma sampling, batch order and seeds, its encode_data and encoding cache) and
 reports seconds per step, images per second and peak GPU memory over
 --steps timed steps after --warmup untimed ones:
 
   a          the project's train_lora path: latents and text embeddings cached once by
-             build_cache, VAE and text encoders freed, only the transformer resident;
+             encode_data, VAE and text encoders freed, only the transformer resident;
   b          the reference behaviour of diffusers' FLUX DreamBooth-LoRA script with
              per-image captions: VAE + CLIP-L + T5-XXL resident on the GPU and run at
              every step; same training settings as (a), so a/b isolates the caching;
   variants   (a) with one setting changed: gradient checkpointing off, fused / 8-bit
              AdamW, SDPA backend forced (math, efficient, flash), regional
-             torch.compile of the transformer blocks, wider LoRA target-module sets.
+             torch.compile of the transformer blocks, the narrower LoRA target presets.
 
 Prints a markdown table and the a/b ratios; writes everything to --json.
 Run (a) calls iconforge.flux.train's own `cached_batch` and `train_step`; run (b) builds its
-batch online and feeds it through the same `noisy_inputs` and `train_step`.
+batch online and feeds it through the same `flow_matching_inputs` and `train_step`.
 """
 from __future__ import annotations
 
@@ -56,12 +56,13 @@ from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 from iconforge.atomic import write_json  # noqa: E402
 from iconforge.config import ConfigError, TrainConfig, load  # noqa: E402
 from iconforge.dataset.imagefolder import read_metadata, write_metadata  # noqa: E402
-from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, build_cache, load_image  # noqa: E402
+from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, load_image  # noqa: E402
 from iconforge.flux.models import ALLOW_CPU_ENV  # noqa: E402
 from iconforge.paths import BASE_JSON  # noqa: E402
 from iconforge.flux.tiny import FLUX_SCHEDULER, FLUX_VAE_SCALING, FLUX_VAE_SHIFT, clip_tokenizer, t5_tokenizer  # noqa: E402
-from iconforge.flux.train import (StepContext, _seed, batch_indices, cached_batch, make_optimizer, noisy_inputs,  # noqa: E402
-                                  preflight, prepare_transformer, train_step)
+from iconforge.flux.train import (Paths, StepContext, _seed, batch_indices, cached_batch, encode_data,  # noqa: E402
+                                  flow_matching_inputs, make_optimizer, preflight, prepare_transformer,
+                                  sample_sigmas, train_step)
 
 # The real FLUX.1-dev transformer (diffusers' defaults + the guidance embedding of -dev).
 FLUX_DEV = dict(patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -97,11 +98,6 @@ PRESETS = {
                     resolution=64, images=3),
 }
 
-ATTN = ("to_q", "to_k", "to_v", "to_out.0")
-ATTN_CONTEXT = ATTN + ("add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
-# diffusers' DreamBooth script's widest set, plus the single blocks' MLP input.
-ATTN_CONTEXT_FF = ATTN_CONTEXT + ("ff.net.0.proj", "ff.net.2", "ff_context.net.0.proj", "ff_context.net.2",
-                                  "proj_mlp")
 SDPA = {"math": SDPBackend.MATH, "efficient": SDPBackend.EFFICIENT_ATTENTION, "flash": SDPBackend.FLASH_ATTENTION}
 
 
@@ -114,7 +110,7 @@ class Run:
     optimizer: str | None = None
     sdpa: str | None = None  # None = PyTorch's own choice
     compile: bool = False
-    targets: tuple[str, ...] | None = None
+    targets: str | None = None  # a train.targets preset; None = params.yaml's
 
 
 RUNS = [
@@ -127,8 +123,8 @@ RUNS = [
     Run("a-sdpa-efficient", "(a), SDPA forced to mem-efficient", sdpa="efficient"),
     Run("a-sdpa-flash", "(a), SDPA forced to flash", sdpa="flash"),
     Run("a-compile", "(a), torch.compile of each transformer block", compile=True),
-    Run("a-lora-context", "(a), LoRA also on add_q/k/v_proj, to_add_out", targets=ATTN_CONTEXT),
-    Run("a-lora-context-ff", "(a), LoRA also on context + ff/ff_context + proj_mlp", targets=ATTN_CONTEXT_FF),
+    Run("a-lora-attention", "(a), LoRA on image attention only (train.targets=attention)", targets="attention"),
+    Run("a-lora-attention-text", "(a), LoRA on attention + text-stream projections", targets="attention_text"),
 ]
 
 
@@ -203,7 +199,7 @@ class Bench:
 
     def prepare_data(self) -> dict:
         """Save the random encoders as the base (a local diffusers folder), make the icons,
-        and let the project's build_cache encode them once, as train_lora does."""
+        and let the project's encode_data encode them once, as train_lora does."""
         t = time.perf_counter()
         build_encoders(self.p, self.device, self.dtype).save_pretrained(self.base / "pipe")
         write_json(self.base / BASE_JSON, {"base": str(self.base / "pipe"), "kind": "local", "revision": ""})
@@ -212,15 +208,18 @@ class Bench:
         save_s = time.perf_counter() - t
         t = time.perf_counter()
         self.rows = read_metadata(self.split)
-        self.examples, self.empty_key, skipped = build_cache(
-            self.rows, self.split, self.base, "bench", self.cfg.resolution, self.cache, self.device, self.dtype)
-        assert not skipped, skipped
+        unused = self.work / "unused"
+        paths = Paths(dataset=self.split, validation=self.split, base=self.base, lora=unused, lora_kohya=unused,
+                      checkpoints=unused, run_json=unused, metrics=unused, loss_csv=unused, val_loss_csv=unused,
+                      cache=self.cache)
+        self.data = encode_data(self.cfg, paths, 1, torch.device(self.device))
+        assert not self.data.skipped, self.data.skipped
         free(self.acc)
-        return {"save_encoders_s": save_s, "build_cache_s": time.perf_counter() - t, "images": len(self.examples)}
+        return {"save_encoders_s": save_s, "build_cache_s": time.perf_counter() - t, "images": len(self.data.examples)}
 
     def measure(self, run: Run) -> dict:
         cfg = dataclasses.replace(self.cfg, optimizer=run.optimizer or self.cfg.optimizer,
-                                  target_modules=run.targets or self.cfg.target_modules,
+                                  targets=run.targets or self.cfg.targets,
                                   gradient_checkpointing=self.cfg.gradient_checkpointing
                                   if run.checkpointing is None else run.checkpointing)
         if run.optimizer == "adamw8bit":
@@ -240,12 +239,12 @@ class Bench:
         transformer, optimizer, lr_scheduler = self.acc.prepare(transformer, optimizer, lr_scheduler)
 
         res = self.cfg.resolution
-        ctx = StepContext.build(cfg, (16, res // 8, res // 8), scheduler, self.device, self.dtype)  # VAE latent shape
+        ctx = StepContext.build(cfg, (16, res // 8, res // 8), scheduler, True, self.device, self.dtype)  # VAE latent shape
         pixels = [load_image(self.split / r["file_name"], res) for r in self.rows] if run.online else None
 
         def from_cache(micro: int):
             """(a): iconforge.flux.train's own micro-batch, read from the latent / embedding cache."""
-            return cached_batch(cfg, ctx, self.examples, self.empty_key, self.cache, micro)
+            return cached_batch(cfg, ctx, self.data.examples, self.data.cache, micro)
 
         @torch.no_grad()
         def online_batch(micro: int):
@@ -257,7 +256,9 @@ class Bench:
             x = (encoders.vae.encode(px).latent_dist.sample(g) - vc.shift_factor) * vc.scaling_factor
             embeds, pooled, _ = encoders.encode_prompt(prompt=[self.rows[i]["text"] for i in idx], prompt_2=None,
                                                        device=self.device, max_sequence_length=MAX_SEQUENCE_LENGTH)
-            return noisy_inputs(cfg, ctx, x.float().cpu(), embeds, pooled, g)
+            x = x.float().cpu()
+            noise = torch.randn(x.shape, generator=g)
+            return flow_matching_inputs(ctx, x, noise, sample_sigmas(cfg, len(idx), ctx.mu, scheduler, g), embeds, pooled)
 
         make_batch = online_batch if run.online else from_cache
         attention = sdpa_kernel([SDPA[run.sdpa]]) if run.sdpa else contextlib.nullcontext()

@@ -34,12 +34,13 @@ def test_two_cpu_processes_train_one_adapter_into_one_run(tmp_path):
 
     effective = 2 * BATCH * ACCUM
     # Only the main process encoded the data, reported and wrote metrics/train.json.
-    assert r.stderr.count("cache latents: 100%") == 1
+    assert r.stderr.count("train_lora: encoded ") == 1
     assert r.stderr.count(f"effective batch size {effective} = batch_size {BATCH} x grad_accum {ACCUM} x 2 process") == 1
     assert r.stdout.count(f"train_lora: {STEPS} steps on 6 images, effective batch {effective},") == 1, r.stdout
     m = json.loads((repo / "metrics/train.json").read_text())
     assert m["effective_batch_size"] == effective and m["steps"] == STEPS and m["resumed_from_step"] == 0
     assert len((repo / "metrics/loss.csv").read_text().splitlines()) == STEPS + 1
+    assert m["val_loss"] > 0 and (repo / "metrics/val_loss.csv").read_text().splitlines()[-1].startswith(f"{STEPS},")
     assert not any((repo / "models/checkpoints").iterdir()) and leftovers(repo) == []
 
     client = mlflow.MlflowClient(store)
