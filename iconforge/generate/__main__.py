@@ -12,7 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from iconforge.errors import StageError
-from iconforge.generate.request import GenerateRequest, first_error
+from iconforge.generate.request import GenerateRequest, error_line
 
 RECORD = "generation.json"
 
@@ -42,16 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         req = GenerateRequest(**{f: getattr(args, f) for f in fields if getattr(args, f) is not None})
     except ValidationError as e:
-        sys.exit(_usage_error(first_error(e)))
+        sys.exit(_usage_error(error_line(e.errors()[0])))
     if args.out.exists() and not args.out.is_dir():
         sys.exit(_usage_error(f"--out {args.out}: exists and is not a folder"))
     # Imported only now, so a bad argument is reported before ~10 s of torch/diffusers imports.
     from iconforge.atomic import write_bytes, write_json, write_text
     from iconforge.generate.generator import Generator
-    from iconforge.generate.source import from_revision, workspace
+    from iconforge.generate.source import open_source
 
     try:
-        gen = Generator(from_revision(args.rev) if args.rev else workspace())
+        with open_source(args.rev) as source:
+            gen = Generator(source)
     except StageError as e:
         sys.exit(f"generate: {e}")
     settings = gen.settings(req)

@@ -8,11 +8,12 @@ into a scratch folder; the working tree is never touched. What a result records 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 from iconforge import paths
 from iconforge.config import PARAMS_FILE, CaptionConfig, SampleConfig, load, load_field
@@ -66,9 +67,19 @@ def workspace(root: Path | None = None) -> ModelSource:
     return describe(Path(root or paths.repo_root()), WORKSPACE, "")
 
 
-def from_revision(rev: str, repo: Path | None = None, scratch: Path | None = None) -> ModelSource:
-    """The model of git revision or DVC experiment `rev` of `repo`, copied into `scratch`
-    (a new temporary folder by default; the caller owns it)."""
+@contextlib.contextmanager
+def open_source(rev: str | None, repo: Path | None = None) -> Iterator[ModelSource]:
+    """The workspace's model (rev None), or revision `rev`'s, copied into a temporary folder that is
+    removed on exit: load what you need (Generator) inside the block."""
+    if not rev:
+        yield workspace(repo)
+        return
+    with tempfile.TemporaryDirectory(prefix="iconforge-rev-") as scratch:
+        yield from_revision(rev, Path(scratch), repo)
+
+
+def from_revision(rev: str, scratch: Path, repo: Path | None = None) -> ModelSource:
+    """The model of git revision or DVC experiment `rev` of `repo`, copied into the folder `scratch`."""
     from dvc.api import DVCFileSystem
     from dvc.exceptions import DvcException
     from dvc.repo import Repo
@@ -82,7 +93,7 @@ def from_revision(rev: str, repo: Path | None = None, scratch: Path | None = Non
         raise InputError(f"--rev {rev}: no such git revision or DVC experiment in {repo}") from None
     except DvcException as e:
         raise InputError(f"--rev {rev}: {repo} is not a usable DVC repository ({e})") from None
-    root = Path(scratch or tempfile.mkdtemp(prefix=f"iconforge-{commit[:8]}-"))
+    root = Path(scratch)
     fs = DVCFileSystem(repo=str(repo), rev=commit)
     wanted = [(PARAMS_FILE.as_posix(), False), (paths.BASE.as_posix(), True), (paths.LORA_FILE.as_posix(), False),
               (paths.RUN_JSON.as_posix(), False)]
@@ -90,13 +101,11 @@ def from_revision(rev: str, repo: Path | None = None, scratch: Path | None = Non
         if not fs.exists(name):
             if name == paths.RUN_JSON.as_posix():
                 continue  # optional: only names the experiment
-            shutil.rmtree(root, ignore_errors=True)
             raise InputError(f"--rev {rev}: {name} is not in revision {commit[:12]} (was train_lora run there?)")
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         try:
             fs.get(name, str(root / name), recursive=recursive)
         except (DvcException, OSError) as e:
-            shutil.rmtree(root, ignore_errors=True)
             raise StageError(f"--rev {rev}: cannot read {name} of {commit[:12]} from the DVC cache or remote "
                              f"(dvc pull / dvc fetch it first?): {e}") from None
     return describe(root, rev, commit)

@@ -9,7 +9,6 @@ import argparse
 import dataclasses
 import logging
 import os
-import shutil
 import sys
 
 from iconforge.errors import StageError
@@ -40,13 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     import uvicorn
 
     from iconforge.generate.generator import Generator
-    from iconforge.generate.source import from_revision, workspace
+    from iconforge.generate.source import open_source
     from iconforge.serve.api import create_app
     from iconforge.serve.jobs import JobService
 
     try:
-        source = from_revision(args.rev) if args.rev else workspace()
-        generator = Generator(source)
+        with open_source(args.rev) as source:
+            generator = Generator(source)
     except StageError as e:
         sys.exit(f"serve: {e}")
     service = JobService(generator, cfg).start()
@@ -59,8 +58,6 @@ def main(argv: list[str] | None = None) -> None:
                     timeout_graceful_shutdown=5)
     finally:
         service.stop()
-        if args.rev:
-            shutil.rmtree(source.root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def _error(status: int, message: str, headers: dict | None = None) -> JSONRespon
 
 
 ERRORS = {code: {"model": ErrorBody, "description": what} for code, what in (
-    (401, "missing or wrong API key"), (404, "no such job or image (finished jobs expire)"),
+    (400, "body not decodable (not UTF-8)"), (401, "missing or wrong API key"), (404, "no such job or image (finished jobs expire)"),
     (413, "request body too large"), (422, "invalid request; the message names the field"),
     (429, "queue or per-client cap full; see Retry-After"))}
 
@@ -139,7 +139,8 @@ def create_app(service: JobService, api_key: str | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return _error(exc.status_code, str(exc.detail), getattr(exc, "headers", None))
+        message = "body: cannot be decoded as UTF-8 JSON" if exc.status_code == 400 else str(exc.detail)
+        return _error(exc.status_code, message, getattr(exc, "headers", None))
 
     def view(job: Job) -> JobView:
         base = f"/v1/jobs/{job.id}/images"
@@ -162,7 +163,7 @@ def create_app(service: JobService, api_key: str | None = None) -> FastAPI:
         return job.images[index]
 
     @app.post("/v1/jobs", status_code=202, response_model=Accepted, dependencies=auth,
-              responses={k: ERRORS[k] for k in (413, 422, 429)})
+              responses={k: ERRORS[k] for k in (400, 413, 422, 429)})
     def submit(req: GenerateRequest, request: Request, x_client_id: CLIENT_ID = None) -> Accepted:
         """Queue a generation; poll the returned url."""
         client = f"{request.client.host if request.client else '?'}/{x_client_id or ''}"
