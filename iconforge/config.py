@@ -149,8 +149,12 @@ class ModelConfig(Section):
     section: typing.ClassVar[str] = "model"
     base: str  # "tiny", a hub id (org/name) or a local diffusers directory
     revision: str  # pinned hub commit; ignored for tiny and local paths
+    # tiny only: steps of training its random VAE on the train split so it reconstructs icons
+    # (iconforge/flux/tiny_vae.py); 0 = keep the random VAE (fast, what unit tests use)
+    tiny_vae_steps: int = 0
 
     def __post_init__(self):
+        self.non_negative("tiny_vae_steps")
         b = self.base.strip()
         ok = b == "tiny" or Path(b).is_dir() or (b.count("/") == 1 and not b.startswith((".", "/")))
         _check(ok, self.key("base"), "must be 'tiny', a hub id like org/name, or an existing local directory", self.base)

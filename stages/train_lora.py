@@ -1,34 +1,32 @@
-"""Stage train_lora: data/dataset/{train,validation} -> models/base, models/lora, models/run.json,
+"""Stage train_lora: data/dataset/{train,validation} + models/base -> models/lora, models/run.json,
 metrics/train.json, metrics/loss.csv, metrics/val_loss.csv.
 
-Resolves the base model (writing models/base/ so sample and evaluate load the
-same weights), then trains the LoRA adapter, resuming from models/checkpoints/
+Trains the LoRA adapter on the base the base stage resolved (models/base/), resuming from models/checkpoints/
 when an interrupted run with the same params left one there; a successful run
 leaves models/checkpoints/ empty. `accelerate launch --num_processes N -m
 stages.train_lora` trains with N processes (see README).
 """
 from iconforge import paths
-from iconforge.config import ModelConfig, TrainConfig, load
+from iconforge.config import TrainConfig, load
 from iconforge.errors import run_stage
 
 
 def main() -> None:
-    model_cfg, train_cfg = load(ModelConfig), load(TrainConfig)
+    train_cfg = load(TrainConfig)
     # Imported only now, so a params typo is reported at once, not after ~10 s of torch/diffusers imports.
-    from iconforge.flux.models import read_base, resolve_base
+    from iconforge.flux.models import read_base
     from iconforge.flux.train import Paths, make_accelerator, preflight, train
     from iconforge.tables import require
 
     preflight(train_cfg)
     require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT)
     acc = make_accelerator(train_cfg)
-    with acc.main_process_first():  # one process writes models/base, the others then read it
-        base = resolve_base(model_cfg, paths.BASE) if acc.is_main_process else read_base(paths.BASE)
+    base = read_base(paths.BASE)  # written by the base stage
     out = Paths(dataset=paths.TRAIN_SPLIT, validation=paths.VALIDATION_SPLIT, base=paths.BASE, lora=paths.LORA_FILE,
                 lora_kohya=paths.LORA_KOHYA_FILE, checkpoints=paths.CHECKPOINTS, run_json=paths.RUN_JSON,
                 metrics=paths.TRAIN_METRICS, loss_csv=paths.LOSS_CSV, val_loss_csv=paths.VAL_LOSS_CSV,
                 cache=paths.repo_root() / train_cfg.cache_dir)  # queued experiments share the workspace's cache
-    m = train(model_cfg, train_cfg, base, out, acc)
+    m = train(train_cfg, base, out, acc)
     acc.end_training()
     if m:
         print(f"train_lora: {m['steps']} steps on {m['train_images']} images, effective batch "

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from iconforge.config import ModelConfig, TrainConfig, build
+from iconforge.config import TrainConfig, build
 from iconforge.flux.latent_cache import EncodingCache
-from iconforge.flux.models import resolve_base
 from iconforge.flux.train import Paths, drawn_indices, encode_data
 from train_setup import NAMES, PARAMS, TRAIN, VAL_NAMES, make_repo
 
@@ -21,9 +20,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
-    r = make_repo(tmp_path_factory.mktemp("cache"))
-    resolve_base(ModelConfig(base="tiny", revision=""), r / "models/base")
-    return r
+    return make_repo(tmp_path_factory.mktemp("cache"))
 
 
 def cfg(**overrides) -> TrainConfig:
@@ -107,7 +104,6 @@ def test_eviction_deletes_least_recently_used_first(tmp_path):
 
 def test_an_unusable_image_is_skipped_and_the_draw_recomputed(tmp_path):
     repo = make_repo(tmp_path / "r")
-    resolve_base(ModelConfig(base="tiny", revision=""), repo / "models/base")
     bad = repo / "data/dataset/train/cc-0/Lab_apparatus/Servier/dna.png"
     bad.write_bytes(b"<html>not a png</html>")
     data = encode_data(cfg(), paths(repo, tmp_path / "c"), 1, CPU)

@@ -55,17 +55,16 @@ def trained(tmp_path_factory, store) -> Path:
 
 
 def test_bad_params_fail_before_any_work(tmp_path, store):
-    cases = {"train.rank": dict(train={"rank": 0}), "train.lr": dict(train={"lr": -0.001}),
-             "model.base": dict(model={"base": "nonsense"})}
+    cases = {"train.rank": {"rank": 0}, "train.lr": {"lr": -0.001}, "train.targets": {"targets": "everything"}}
     procs = {}
     for key, c in cases.items():
-        repo = make_repo(tmp_path / key, model=c.get("model"), **c.get("train", {}))
+        repo = make_repo(tmp_path / key, **c)
         procs[key] = (repo, start_stage(repo, store))
     for key, (repo, p) in procs.items():
         _, err = p.communicate(timeout=120)
         assert p.returncode == 1, err
         assert err.startswith(f"train_lora: {key}:") and "Traceback" not in err, err
-        assert not (repo / "models").exists()
+        assert not (repo / "models/lora").exists() and not (repo / ".cache").exists()
 
 
 def test_outputs_and_adapter_loads_into_flux_pipeline(trained):

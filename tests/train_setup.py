@@ -8,7 +8,8 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from iconforge.flux.models import load_pipeline
+from iconforge.config import ModelConfig
+from iconforge.flux.models import load_pipeline, resolve_base
 
 from conftest import ROOT, committed_params
 
@@ -34,12 +35,14 @@ def _write_split(split: Path, names: list[str], offset: int) -> None:
 
 
 def make_repo(path: Path, model=None, **train) -> Path:
-    """A minimal repo: params.yaml, a 6-image captioned train split and a 2-image validation split."""
+    """A minimal repo: params.yaml, a 6-image captioned train split, a 2-image validation split and the
+    tiny base in models/base."""
     _write_split(path / "data/dataset/train", NAMES, 0)
     _write_split(path / "data/dataset/validation", VAL_NAMES, len(NAMES))
     params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
               "train": {**PARAMS["train"], **TRAIN, **train}}
     (path / "params.yaml").write_text(yaml.safe_dump(params))
+    resolve_base(ModelConfig(**params["model"]), path / "models/base")  # what the base stage writes
     return path
 
 

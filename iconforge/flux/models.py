@@ -1,13 +1,15 @@
 """The base model: resolve params' `model.base` once, load the very same one everywhere.
 
-train_lora calls `resolve_base`, which writes models/base/ (base.json, plus the
-saved pipeline for `tiny`); sample and evaluate call `load_pipeline` on that
-directory, so all three stages use identical base weights. A missing or
+The base stage calls `resolve_base`, which writes models/base/ (base.json, plus the
+saved pipeline for `tiny`); train_lora reads it with `read_base`, sample and
+evaluate call `load_pipeline` on that directory, so all of them use identical
+base weights. A missing or
 unreachable hub model fails in seconds with a message saying what to do, and a
 full-size model on a machine without CUDA stops before any download.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -80,8 +82,12 @@ def _missing(base: str, revision: str, reason: str) -> str:
             f"elsewhere and set model.base to the local diffusers directory (the folder with model_index.json).")
 
 
-def resolve_base(cfg: ModelConfig, out_dir: Path) -> dict:
-    """Check the base is usable here and write `out_dir` describing it; returns base.json's content."""
+def resolve_base(cfg: ModelConfig, out_dir: Path, train_split: Path | None = None) -> dict:
+    """Check the base is usable here and write `out_dir` describing it; returns base.json's content.
+
+    For `tiny` the pipeline itself is saved there, its VAE first trained for `model.tiny_vae_steps`
+    on the images of `train_split`; base.json then also holds the sha256 of the saved files,
+    so anything keyed on base.json (the latent cache) tells two tiny bases apart."""
     kind = base_kind(cfg.base)
     require_cuda(kind, cfg.base)
     if kind == HUB:
@@ -94,9 +100,25 @@ def resolve_base(cfg: ModelConfig, out_dir: Path) -> dict:
         if kind == TINY:
             from iconforge.flux.tiny import build_tiny_pipeline
 
-            build_tiny_pipeline().save_pretrained(tmp)
+            pipe = build_tiny_pipeline()
+            if cfg.tiny_vae_steps:
+                from iconforge.flux.vae import load_split, train_vae
+
+                if train_split is None:
+                    raise ValueError("model.tiny_vae_steps > 0 needs the train split to train the VAE on")
+                train_vae(pipe.vae, load_split(train_split), cfg.tiny_vae_steps)
+            pipe.save_pretrained(tmp)
+            info["sha256"] = folder_digest(tmp)
         write_json(tmp / BASE_JSON, info)
     return info
+
+
+def folder_digest(folder: Path) -> str:
+    """One sha256 over every file of a folder (relative path and content, in path order)."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
 
 
 def read_base(base_dir: Path) -> dict:

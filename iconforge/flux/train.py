@@ -58,7 +58,7 @@ from tqdm import tqdm
 
 from iconforge import tracking
 from iconforge.atomic import write_json
-from iconforge.config import ConfigError, ModelConfig, TrainConfig
+from iconforge.config import ConfigError, TrainConfig
 from iconforge.flux.checkpoint import (Checkpoint, clear_checkpoints, latest_checkpoint, rng_state, save_checkpoint,
                                        set_rng_state)
 from iconforge.dataset.imagefolder import read_metadata
@@ -194,11 +194,11 @@ def make_optimizer(cfg: TrainConfig, params: list[torch.nn.Parameter],
     return optimizer, lr_scheduler
 
 
-def params_hash(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, data: Data, world: int) -> str:
+def params_hash(cfg: TrainConfig, base_info: dict, data: Data, world: int) -> str:
     """What a checkpoint must match to be resumed: every input of the math (no operational knob)."""
     # save_dtype only casts the saved file: a checkpoint trained under another one resumes.
     train = {k: v for k, v in asdict(cfg).items() if k not in TrainConfig.operational() | {"save_dtype"}}
-    blob = json.dumps({"model": asdict(model_cfg), "train": train, "base": base_info, "world": world,
+    blob = json.dumps({"train": train, "base": base_info, "world": world,
                        "data": [asdict(e) for e in data.examples], "val": [asdict(e) for e in data.val]},
                       sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -465,7 +465,7 @@ def resumable_checkpoint(paths: Paths, phash: str, acc: Accelerator) -> Checkpoi
     return None
 
 
-def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> Run:
+def setup(cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> Run:
     """Encode the data, build the transformer with a fresh adapter and its optimizer, and restore
     them from the last checkpoint of the same params if there is one."""
     device, wdtype = acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
@@ -478,7 +478,7 @@ def setup(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Path
     latent_shape = tuple(data.cache.load(data.val[0].image_key)["mean"].shape)
     ctx = StepContext.build(cfg, latent_shape, scheduler, transformer.config.guidance_embeds, device, wdtype)
 
-    phash = params_hash(model_cfg, cfg, base_info, data, acc.num_processes)
+    phash = params_hash(cfg, base_info, data, acc.num_processes)
     ckpt = resumable_checkpoint(paths, phash, acc)
     if ckpt is not None:
         load_adapter_state(transformer, ckpt.adapter)
@@ -609,16 +609,17 @@ def write(run: Run, loop_s: float, total_s: float) -> dict:
     return metrics
 
 
-def train(model_cfg: ModelConfig, cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> dict:
+def train(cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> dict:
     """setup, fit, write: models/lora, metrics and the MLflow run; then empty the checkpoints.
     Returns train.json's content on the main process, {} on the others."""
     t_start = time.perf_counter()
-    run = setup(model_cfg, cfg, base_info, paths, acc)
+    run = setup(cfg, base_info, paths, acc)
     main = acc.is_main_process
     with tracking.start_run("train_lora", run.run_id) if main else contextlib.nullcontext() as mlrun:
         run_id = mlrun.info.run_id if main else None
         if main and not mlflow.get_run(run_id).data.params:  # a resumed run has them already
-            mlflow.log_params({**tracking.flat_params(model_cfg, cfg), "train.num_processes": acc.num_processes,
+            mlflow.log_params({"model.base": base_info["base"], "model.revision": base_info["revision"],
+                               **tracking.flat_params(cfg), "train.num_processes": acc.num_processes,
                                "train.effective_batch_size": run.images_per_step})
         loop_s = fit(run, run_id)
         if not main:
