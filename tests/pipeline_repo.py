@@ -21,7 +21,7 @@ from conftest import ROOT, SAMPLE_ARCHIVE, WORKSPACE_OUTPUTS, committed_params
 
 
 MODEL_STAGES = {"train_lora", "sample", "evaluate", "card"}
-ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
+ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption", "base"} | MODEL_STAGES
 
 
 def ran_stages(dvc_output: str) -> set[str]:
