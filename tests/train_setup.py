@@ -8,7 +8,8 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from iconforge.flux.models import load_pipeline
+from iconforge.config import ModelConfig, build
+from iconforge.flux.models import load_pipeline, resolve_base
 
 from conftest import ROOT, committed_params
 
@@ -21,7 +22,7 @@ NAMES = ["cuvette", "flask", "mouse", "cell", "dna", "tube"]
 
 
 def make_repo(path: Path, model=None, **train) -> Path:
-    """A minimal repo: params.yaml and a 6-image captioned train split."""
+    """A minimal repo: params.yaml, a 6-image captioned train split and, for the tiny preset, models/base."""
     split = path / "data/dataset/train"
     rows = []
     for i, name in enumerate(NAMES):
@@ -35,6 +36,8 @@ def make_repo(path: Path, model=None, **train) -> Path:
     params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
               "train": {**PARAMS["train"], **TRAIN, **train}}
     (path / "params.yaml").write_text(yaml.safe_dump(params))
+    if params["model"]["base"] == "tiny":  # what the base stage leaves for train_lora
+        resolve_base(build(ModelConfig, params["model"]), path / "models/base", split)
     return path
 
 
