@@ -150,7 +150,7 @@ class ModelConfig(Section):
     base: str  # "tiny", a hub id (org/name) or a local diffusers directory
     revision: str  # pinned hub commit; ignored for tiny and local paths
     # tiny only: steps of training its random VAE on the train split so it reconstructs icons
-    # (iconforge/flux/tiny_vae.py); 0 = keep the random VAE (fast, what unit tests use)
+    # (iconforge/flux/vae.py); 0 = keep the random VAE (fast, what unit tests use)
     tiny_vae_steps: int = 0
 
     def __post_init__(self):

@@ -1,4 +1,5 @@
-"""Stage evaluate: CLIP score, CMMD and style gaps of samples/ -> metrics/eval.json, metrics/eval_per_prompt.csv."""
+"""Stage evaluate: CLIP score, CMMD, style gaps and latent MMD of samples/ -> metrics/eval.json,
+metrics/eval_per_prompt.csv."""
 from iconforge import paths
 from iconforge.config import EvaluateConfig, load
 from iconforge.errors import run_stage
@@ -22,8 +23,9 @@ def main() -> None:
     import torch
 
     from iconforge.atomic import write_json
+    from iconforge.evaluate.latent_mmd import latent_distances, load_vae, ratio_text
     from iconforge.evaluate.metrics import (CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip,
-                                            load_real_images)
+                                            load_real_images, sample_images)
     from iconforge.evaluate.sampling import read_index
     from iconforge.evaluate.style import METRICS
     from iconforge.flux.models import TINY, read_base
@@ -37,20 +39,24 @@ def main() -> None:
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
     real = load_real_images(paths.VALIDATION_SPLIT, cfg.max_real_images)
     summary, rows = evaluate(paths.SAMPLES, index, real, clip)
+    latent = latent_distances(load_vae(paths.BASE, device), sample_images(paths.SAMPLES, index, "lora"),
+                              sample_images(paths.SAMPLES, index, "base"), real, index["size"])
     summary.update(smoke=smoke, clip_model=cfg.clip_model,
                    clip_pretrained="random-init" if smoke else cfg.clip_pretrained,
-                   cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE)
+                   cmmd_sigma=CMMD_SIGMA, cmmd_scale=CMMD_SCALE, latent_mmd=latent)
     if smoke:
         summary["note"] = SMOKE_NOTE
     write_json(paths.EVAL_METRICS, summary)
     write_csv(paths.EVAL_PER_PROMPT, rows, ["prompt", "kind", "seed", "clip_score", *METRICS])
     with resume_run(run, "evaluate"):
-        mlflow.log_metrics(_flat({k: summary[k] for k in ("lora", "base", "real", "gap")}))
+        mlflow.log_metrics(_flat({k: summary[k] for k in ("lora", "base", "real", "gap", "latent_mmd")}))
         mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
         mlflow.log_artifact(str(paths.EVAL_PER_PROMPT), artifact_path="metrics")
     print(f"evaluate: CLIP score lora {summary['lora']['clip_score']:.2f} / base {summary['base']['clip_score']:.2f}, "
           f"CMMD lora {summary['lora']['cmmd']:.3f} / base {summary['base']['cmmd']:.3f}"
-          + (" (smoke run: random weights, no meaning)" if smoke else "") + f" -> {paths.EVAL_METRICS}")
+          + (" (smoke run: random CLIP, no meaning)" if smoke else "")
+          + f"; latent MMD^2 lora/base: to held-out icons {ratio_text(latent['icons']['ratio'])}, "
+          f"to control shapes {ratio_text(latent['control']['ratio'])} -> {paths.EVAL_METRICS}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 that run the real pipeline with real `dvc` commands.
 
 The copy holds the project's files (tracked and not ignored), params.yaml with
-demo.yaml's overrides (fetch pointed at the sample snapshot by absolute path)
+demo.yaml's overrides at TEST_SIZES (fetch pointed at the sample snapshot by absolute path)
 and any extra overrides, committed, so `dvc repro` / `dvc exp run` work in it.
 """
 from __future__ import annotations
@@ -20,8 +20,12 @@ from iconforge import overrides
 from conftest import ROOT, SAMPLE_ARCHIVE, WORKSPACE_OUTPUTS, committed_params
 
 
+# demo.yaml's settings at test sizes: the demo trains for minutes so that learning shows; the
+# pipeline tests need every stage to run, not to learn.
+TEST_SIZES = {"model": {"tiny_vae_steps": 2}, "train": {"steps": 30, "checkpoint_every": 10},
+              "sample": {"steps": 4, "num_val_prompts": 2}}
 MODEL_STAGES = {"train_lora", "sample", "evaluate", "card"}
-ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption"} | MODEL_STAGES
+ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption", "base"} | MODEL_STAGES
 
 
 def ran_stages(dvc_output: str) -> set[str]:
@@ -66,7 +70,8 @@ def project_files() -> list[str]:
 
 
 def make_repo(dest: Path, extra: dict | None = None) -> Path:
-    """Copy the project to `dest`, apply demo.yaml (+ `extra`) to params.yaml, git init, dvc init, commit."""
+    """Copy the project to `dest`, apply demo.yaml at TEST_SIZES (+ `extra`) to params.yaml, git init, dvc init,
+    commit."""
     dest.mkdir(parents=True, exist_ok=True)
     for f in project_files():
         (dest / f).parent.mkdir(parents=True, exist_ok=True)
@@ -75,7 +80,7 @@ def make_repo(dest: Path, extra: dict | None = None) -> Path:
     params = committed_params()
     demo = overrides.read(ROOT / "demo.yaml")
     demo["fetch"]["url"] = str(SAMPLE_ARCHIVE)
-    params = overrides.merged(overrides.merged(params, demo), extra or {})
+    params = overrides.merged(overrides.merged(overrides.merged(params, demo), TEST_SIZES), extra or {})
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False), encoding="utf-8")
     git(dest, "init", "-q", "-b", "main")
     dvc(dest, "init", "-q")

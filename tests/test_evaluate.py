@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -16,6 +17,8 @@ from huggingface_hub import constants as hf_constants
 from PIL import Image, ImageDraw
 
 from iconforge.atomic import write_json
+from iconforge.config import ModelConfig
+from iconforge.flux.models import resolve_base
 from iconforge.evaluate.metrics import ClipWeightsError, clip_scores, cmmd, embed_images, load_clip
 from iconforge.paths import BASE_JSON
 from iconforge.evaluate.style import ANALYSIS_SIZE, style_metrics
@@ -53,11 +56,19 @@ def store_of(run_json: Path) -> str:
     return f"sqlite:///{run_json.parent / 'mlflow.db'}"
 
 
+@pytest.fixture(scope="session")
+def tiny_base(tmp_path_factory) -> Path:
+    """models/base of the tiny preset (random VAE: evaluate encodes with it)."""
+    base = tmp_path_factory.mktemp("base") / "base"
+    resolve_base(ModelConfig(base="tiny", revision=""), base)
+    return base
+
+
 @pytest.fixture
-def project(tmp_path, run_json, monkeypatch) -> Path:
+def project(tmp_path, run_json, tiny_base, monkeypatch) -> Path:
     """samples/ (base = noise, LoRA = flat icons), 5 held-out real icons, a tiny base, the run."""
     (tmp_path / "params.yaml").write_text(PARAMS)
-    write_json(tmp_path / "models/base" / BASE_JSON, {"base": "tiny", "kind": "tiny", "revision": ""})
+    shutil.copytree(tiny_base, tmp_path / "models/base")
     (tmp_path / "models/run.json").write_bytes(run_json.read_bytes())
     val = tmp_path / "data/dataset/validation"
     val.mkdir(parents=True)
@@ -139,6 +150,10 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
     assert m["gap"]["lora"]["palette_size"] < m["gap"]["base"]["palette_size"]
     assert m["gap"]["lora"]["white_background_ratio"] < m["gap"]["base"]["white_background_ratio"]
     assert m["lora"]["cmmd"] < m["base"]["cmmd"]
+    latent = m["latent_mmd"]  # in the base VAE's latent space: flat icons are nearer the held-out icons than noise
+    assert "unbiased" in latent["estimator"] and latent["count"] == {"lora": 3, "base": 3, "icons": 3, "control": 3}
+    assert 0 < latent["icons"]["lora"] < latent["icons"]["base"] and 0 < latent["icons"]["ratio"] < 1
+    assert set(latent["control"]) == {"lora", "base", "ratio"}
 
     with open(project / "metrics/eval_per_prompt.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -151,6 +166,7 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
     logged = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"]).get_run(run["run_id"]).data.metrics
     assert logged["eval.lora.clip_score"] == pytest.approx(m["lora"]["clip_score"])
     assert logged["eval.gap.base.palette_size"] == pytest.approx(m["gap"]["base"]["palette_size"])
+    assert logged["eval.latent_mmd.icons.ratio"] == pytest.approx(latent["icons"]["ratio"])
 
     evaluate.main()  # same inputs, same bytes
     assert (project / "metrics/eval.json").read_bytes() == first

@@ -8,7 +8,7 @@ import torch
 import yaml
 from PIL import Image, ImageDraw
 
-from iconforge.config import ModelConfig
+from iconforge.config import ModelConfig, build
 from iconforge.flux.models import load_pipeline, resolve_base
 
 from conftest import ROOT, committed_params
@@ -42,7 +42,7 @@ def make_repo(path: Path, model=None, **train) -> Path:
     params = {**PARAMS, "model": {**PARAMS["model"], "base": "tiny", **(model or {})},
               "train": {**PARAMS["train"], **TRAIN, **train}}
     (path / "params.yaml").write_text(yaml.safe_dump(params))
-    resolve_base(ModelConfig(**params["model"]), path / "models/base")  # what the base stage writes
+    resolve_base(build(ModelConfig, params["model"]), path / "models/base", path / "data/dataset/train")  # as the base stage does
     return path
 
 

@@ -31,8 +31,9 @@ CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0
 RANDOM_CLIP_SEED = 0
 BATCH = 32
 KINDS = ("base", "lora")
-SMOKE_NOTE = ("tiny preset: random-weight FLUX and random-weight CLIP. These numbers only show that "
-              "sampling and evaluation run end to end; they say nothing about image quality.")
+SMOKE_NOTE = ("tiny preset: random-weight CLIP, so CLIP score and CMMD only show that evaluation runs end "
+              "to end; they say nothing about image quality. latent_mmd is measured in the tiny model's own "
+              "latent space and needs no pretrained weights.")
 
 
 class ClipWeightsError(StageError, RuntimeError):
@@ -162,6 +163,15 @@ def load_real_images(validation_dir: Path, max_images: int) -> list[Image.Image]
     return images
 
 
+def sample_images(samples_dir: Path, index: dict, kind: str) -> list[Image.Image]:
+    """The `kind` ("base" or "lora") image of every sample in samples/index.json, as RGB."""
+    images = []
+    for s in index["samples"]:
+        with Image.open(Path(samples_dir) / s["files"][kind]) as im:
+            images.append(im.convert("RGB"))
+    return images
+
+
 def _mean_style(rows: list[dict]) -> dict[str, float]:
     return {m: fmean(r[m] for r in rows) for m in METRICS}
 
@@ -175,10 +185,7 @@ def evaluate(samples_dir: Path, index: dict, real: list[Image.Image], clip: Clip
     summary: dict = {"real": {**_mean_style(real_style), "count": len(real)}, "gap": {}}
     per_kind: dict[str, list[dict]] = {}
     for kind in KINDS:
-        images = []
-        for s in samples:
-            with Image.open(samples_dir / s["files"][kind]) as im:
-                images.append(im.convert("RGB"))
+        images = sample_images(samples_dir, index, kind)
         emb = embed_images(clip, images, f"clip {kind}")
         styles = [style_metrics(im) for im in tqdm(images, desc=f"style {kind}", unit="img")]
         per_kind[kind] = [{"clip_score": c, **st} for c, st in zip(clip_scores(emb, text_emb), styles)]

@@ -114,7 +114,7 @@ def check_exportable(transformer: torch.nn.Module) -> None:
     try:
         to_kohya(adapter_state(transformer), out_features(transformer))
     except ValueError as e:
-        raise ConfigError(f"train.target_modules: {e} (kohya export; see README: Use the adapter)") from None
+        raise ConfigError(f"train.targets: {e} (kohya export; see README: Use the adapter)") from None
 
 
 def to_kohya(state: dict[str, torch.Tensor], widths: dict[str, int]) -> dict[str, torch.Tensor]:
