@@ -20,4 +20,4 @@ demo: setup
 	@echo "grid: samples/grid.png  vectors: samples/svg/  metrics: metrics/  MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: setup
-	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q tests
+	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup tests

@@ -26,6 +26,10 @@ from iconforge import paths
 from iconforge.tracking import tracking_uri
 from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
 
+# One xdist worker builds the session's tiny_repo and runs every test that copies it.
+pytestmark = pytest.mark.xdist_group("tiny_repo")
+
+
 # Credentials reach DVC only through the environment, never through a config file.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "iconforge-test-key", "AWS_SECRET_ACCESS_KEY": "iconforge-test-secret",
           "AWS_DEFAULT_REGION": "us-east-1"}

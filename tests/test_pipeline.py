@@ -19,6 +19,10 @@ from iconforge import paths
 from iconforge.config import KNOWN_LICENSES, parse_params
 from pipeline_repo import ALL_STAGES, MODEL_STAGES, dvc, make_repo, ran_stages
 
+# One xdist worker builds the session's tiny_repo and runs every test that copies it.
+pytestmark = pytest.mark.xdist_group("tiny_repo")
+
+
 FULL_SHA256 = "e9020da5bba55f58af08b97879ec7ddd02e6cba0034047b53a6cd17868f7e46d"
 
 
@@ -236,6 +240,7 @@ def test_bad_param_stops_train_lora_naming_the_key(repo):
 
 
 @needs_full
+@pytest.mark.xdist_group("full_snapshot")  # the heaviest test: on whichever worker is free
 def test_full_snapshot_data_stages(tmp_path):
     """The four data stages on the whole library, every license and size allowed
     (at 256 px to keep CI short: whether an icon renders does not depend on size)."""
