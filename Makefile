@@ -7,10 +7,11 @@ BIN := $(VENV)/bin
 .PHONY: setup demo test bench
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt package-lock.json
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -r requirements-dev.txt
+	npm ci --no-audit --no-fund --silent   # Vega for offline `dvc plots show` (.dvc/plots.html)
 	touch $@
 
 # The offline demo: demo.yaml's overrides (tiny random-weight FLUX preset, the

@@ -85,6 +85,10 @@ def make_repo(dest: Path, extra: dict | None = None) -> Path:
     git(dest, "init", "-q", "-b", "main")
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
+    shutil.copy2(ROOT / ".dvc/plots.html", dest / ".dvc/plots.html")  # offline `dvc plots show`, as in ours
+    dvc(dest, "config", "plots.html_template", "plots.html")
+    if (ROOT / "node_modules").is_dir():
+        (dest / "node_modules").symlink_to(ROOT / "node_modules")  # the Vega scripts the template loads
     git(dest, "add", "-A")
     git(dest, "commit", "-q", "-m", "pipeline under test")
     return dest
