@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench serve
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt package-lock.json
@@ -22,3 +22,15 @@ demo: setup
 
 test: setup
 	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup tests
+
+# The generation API and the web UI on the workspace's adapter (run `make demo` first), this machine only.
+API_PORT ?= 8000
+UI_PORT ?= 8501
+serve: setup
+	@. $(BIN)/activate; \
+	python -m iconforge.serve --host 127.0.0.1 --port $(API_PORT) & api=$$!; \
+	trap 'kill $$api 2>/dev/null' EXIT INT TERM; \
+	until curl -sf http://127.0.0.1:$(API_PORT)/health >/dev/null; do kill -0 $$api || exit 1; sleep 1; done; \
+	echo "API: http://127.0.0.1:$(API_PORT) (docs: /docs)   UI: http://127.0.0.1:$(UI_PORT)"; \
+	ICONFORGE_API_URL=http://127.0.0.1:$(API_PORT) python -m streamlit run iconforge/serve/ui.py \
+	  --server.address 127.0.0.1 --server.port $(UI_PORT) --server.headless true --browser.gatherUsageStats false

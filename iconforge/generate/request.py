@@ -60,5 +60,7 @@ class GenerateRequest(BaseModel):
 
 def error_line(err: dict) -> str:
     """`field: reason` of one pydantic error (FastAPI's too: its body/path/header prefixes dropped)."""
-    loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "path", "header", "query")]
+    loc = [str(p) for p in err.get("loc", ())]
+    if loc and loc[0] in ("body", "path", "header", "query"):
+        loc = loc[1:]
     return f"{'.'.join(loc) or 'body'}: {str(err.get('msg', 'invalid')).removeprefix('Value error, ')}"

@@ -74,14 +74,15 @@ def build_router(api: Client, cfg: BotConfig) -> Router:
             await message.answer(f"Too fast: send your next prompt in {wait:.0f} s.")
             return
         last_prompt[user] = time.monotonic()
-        status = await message.answer("Submitting…")
+        active[user] = ""  # taken before the first await: this user's next message sees it
         try:
-            job = await asyncio.to_thread(api.submit, {"prompt": message.text, "n": cfg.images}, f"tg:{user}")
-        except ApiError as e:
-            await status.edit_text(f"Not accepted: {e.message}")
-            return
-        active[user] = job["id"]
-        try:
+            status = await message.answer("Submitting…")
+            try:
+                job = await asyncio.to_thread(api.submit, {"prompt": message.text, "n": cfg.images}, f"tg:{user}")
+            except ApiError as e:
+                await status.edit_text(f"Not accepted: {e.message}")
+                return
+            active[user] = job["id"]
             view = await _follow(api, cfg, job["id"], status)
             if view["status"] == "done":
                 await _send_album(api, message, view)

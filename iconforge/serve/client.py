@@ -36,6 +36,12 @@ class Client:
     def close(self) -> None:
         self._http.close()
 
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def _call(self, method: str, url: str, **kw) -> httpx.Response:
         try:
             r = self._http.request(method, url, **kw)
