@@ -216,7 +216,7 @@ def test_operational_knobs_rerun_nothing(repo):
     assert ran_stages(out) == set(), out
 
 
-@pytest.mark.parametrize("key,value", [("train__lr", 0.002), ("train__rank", 8), ("train__steps", 20)])
+@pytest.mark.parametrize("key,value", [("train__lr", 0.00123), ("train__rank", 8), ("train__steps", 20)])
 def test_a_training_param_changes_train_lora_and_nothing_upstream(repo, key, value):
     set_params(repo, **{key: value})
     assert changed_stages(repo) == {"train_lora", "card"}  # the card lists the training settings
