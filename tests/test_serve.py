@@ -25,6 +25,8 @@ from conftest import ROOT
 from serve_setup import (EXPERIMENT, free_port, icon_project, spawn, start_api, stop, trained,  # noqa: F401
                          wait_until_up)
 
+# One xdist worker starts the module's API server and runs every test that uses it.
+pytestmark = pytest.mark.xdist_group("serve")
 UI = ROOT / "iconforge/serve/ui.py"
 SLOW = {"prompt": "slow", "n": 4, "steps": 100, "size": 256}  # seconds on the tiny preset: time to act on it
 
