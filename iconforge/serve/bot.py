@@ -110,7 +110,8 @@ def build_router(api: Client, cfg: BotConfig) -> Router:
 
 
 async def _follow(api: Client, cfg: BotConfig, job_id: str, status: Message) -> dict:
-    """Poll the job, editing the status message whenever its text changes."""
+    """Poll the job, editing the status message whenever its text changes. Short polls, not the API's
+    long polls: each would hold one of asyncio's few to_thread workers for a whole user's wait."""
     shown = status.text
     while True:
         try:
