@@ -15,10 +15,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from iconforge.generate import request as limits
 from iconforge.generate.generator import Settings
 from iconforge.generate.request import GenerateRequest, error_line
+from iconforge.serve.client import JOB_ID_PATTERN
 from iconforge.serve.jobs import Busy, Job, JobService, State
 
 MAX_BODY_BYTES = 16 * 1024  # a request is a prompt and a few numbers
-JOB_ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16}$", description="id the server gave the job")]
+JOB_ID = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="id the server gave the job")]
 INDEX = Annotated[int, Path(ge=0, lt=limits.MAX_IMAGES, description="image number within the job")]
 MAX_WAIT_S = 30.0
 WAIT = Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False,

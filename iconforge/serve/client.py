@@ -13,6 +13,7 @@ import httpx
 API_URL_ENV, API_KEY_ENV = "ICONFORGE_API_URL", "ICONFORGE_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("done", "failed", "cancelled")
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{16}$"  # the ids the server makes (secrets.token_urlsafe(12))
 
 
 class ApiError(Exception):
