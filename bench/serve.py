@@ -1,13 +1,15 @@
 """Benchmark the generation service on the tiny preset: what the HTTP API adds per job.
 
     python bench/serve.py                 # ~2-3 min on 2 cores
-    python bench/serve.py --jobs 96       # jobs per concurrency level and in-process (default 48)
+    python bench/serve.py --rounds 5      # more interleaved rounds per concurrency level (default 3)
 
 In one run, on a throwaway tiny workspace (random base + random adapter, no download):
-  1. in-process: Generator.generate on one job after another (before and after the API runs);
-  2. through the API (`python -m iconforge.serve` under uvicorn on 127.0.0.1): 1, 4 and 16
-     concurrent clients, each submitting a job and long-polling it until done, then the next;
-     jobs/s, and p50/p95 of submit-to-done latency (which includes queueing behind other clients);
+  1+2. for 1, 4 and 16 concurrent clients, --rounds rounds of two blocks of --block jobs each,
+     interleaved so that both see the same machine load: in-process (Generator.generate in this
+     process, one job after another) and through the API (`python -m iconforge.serve` under
+     uvicorn on 127.0.0.1; each client submits a job and long-polls it until done, then the next);
+     jobs/s, ms per job (wall / jobs) and p50/p95 of per-job latency (through the API from submit
+     to done, which includes queueing behind the other clients);
   3. memory: the server's RSS every 50 jobs over 500 jobs (results capped at --max-results);
   4. a flood: 200 submissions at once against a queue of 16: 202 or 429 (with Retry-After) each,
      the server answers /health throughout, and every accepted job finishes.
@@ -70,30 +72,25 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
-def summary(latencies: list[float], wall: float) -> dict:
-    return {"jobs": len(latencies), "jobs_per_s": len(latencies) / wall, "s_per_job": wall / len(latencies),
-            "p50_ms": 1000 * pct(latencies, 0.5), "p95_ms": 1000 * pct(latencies, 0.95)}
+def summary(blocks: list[tuple[list[float], float]]) -> dict:
+    """Blocks of (per-job latencies, wall seconds) -> jobs/s, s per job, p50/p95 latency."""
+    lat = [x for b in blocks for x in b[0]]
+    wall = sum(b[1] for b in blocks)
+    return {"jobs": len(lat), "jobs_per_s": len(lat) / wall, "s_per_job": wall / len(lat),
+            "p50_ms": 1000 * pct(lat, 0.5), "p95_ms": 1000 * pct(lat, 0.95)}
 
 
-def in_process(root: Path, jobs: int) -> dict:
-    from iconforge.generate.generator import Generator
-    from iconforge.generate.request import GenerateRequest
-    from iconforge.generate.source import workspace
-
-    torch.set_num_threads(1)
-    gen = Generator(workspace(root))
-    settings = gen.settings(GenerateRequest(**JOB))
-    gen.generate(settings)  # warm-up
+def in_process(gen, settings, jobs: int) -> tuple[list[float], float]:
     lat = []
     t0 = time.perf_counter()
     for _ in range(jobs):
         t = time.perf_counter()
         gen.generate(settings)
         lat.append(time.perf_counter() - t)
-    return summary(lat, time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0
 
 
-def through_api(url: str, clients: int, jobs: int, poll_s: float) -> dict:
+def through_api(url: str, clients: int, jobs: int, poll_s: float) -> tuple[list[float], float]:
     per_client = max(1, jobs // clients)
 
     def client(k: int) -> list[float]:
@@ -109,7 +106,7 @@ def through_api(url: str, clients: int, jobs: int, poll_s: float) -> dict:
     t0 = time.perf_counter()
     with cf.ThreadPoolExecutor(clients) as pool:
         lat = [x for xs in pool.map(client, range(clients)) for x in xs]
-    return summary(lat, time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0
 
 
 def rss_mb(pid: int) -> float:
@@ -182,7 +179,8 @@ def start_server(root: Path, port: int, *flags: str) -> subprocess.Popen:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--jobs", type=int, default=48, help="jobs per concurrency level (and in-process)")
+    ap.add_argument("--block", type=int, default=16, help="jobs per block (a multiple of 16)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved in-process/API block pairs per client count")
     ap.add_argument("--memory-jobs", type=int, default=500)
     ap.add_argument("--poll", type=float, default=1.0, help="client long-poll interval, s (Client.wait)")
     ap.add_argument("--port", type=int, default=8790)
@@ -194,14 +192,25 @@ def main() -> None:
               "load_avg_before": os.getloadavg(), "job": JOB, "poll_s": args.poll,
               "versions": {p: version(p) for p in ("torch", "diffusers", "fastapi", "uvicorn")}}
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
+        from iconforge.generate.generator import Generator
+        from iconforge.generate.request import GenerateRequest
+        from iconforge.generate.source import workspace
+
         root = make_workspace(Path(tmp))
-        result["in_process_before"] = in_process(root, args.jobs)
+        gen = Generator(workspace(root))
+        settings = gen.settings(GenerateRequest(**JOB))
+        gen.generate(settings)  # warm-up
         url = f"http://127.0.0.1:{args.port}"
         proc = start_server(root, args.port, "--queue-size", "64", "--per-client", "64", "--max-results", "100")
         try:
             with Client(url) as api:  # warm-up
                 api.wait(api.submit(JOB)["id"], poll_s=args.poll)
-            result["api"] = {c: through_api(url, c, args.jobs, args.poll) for c in (1, 4, 16)}
+            result["levels"] = {}
+            for clients in (1, 4, 16):
+                pairs = [(in_process(gen, settings, args.block), through_api(url, clients, args.block, args.poll))
+                         for _ in range(args.rounds)]
+                result["levels"][clients] = {"in_process": summary([p[0] for p in pairs]),
+                                             "api": summary([p[1] for p in pairs])}
             result["memory"] = memory(url, proc.pid, args.memory_jobs, args.poll)
         finally:
             proc.terminate()
@@ -213,7 +222,6 @@ def main() -> None:
         finally:
             proc.terminate()
             proc.wait()
-        result["in_process_after"] = in_process(root, args.jobs)
     result["load_avg_after"] = os.getloadavg()
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2))
@@ -221,16 +229,16 @@ def main() -> None:
 
 
 def report(r: dict) -> None:
-    base = (r["in_process_before"]["s_per_job"] + r["in_process_after"]["s_per_job"]) / 2
     print(f"\n{r['date']}, {r['machine']}, load {r['load_avg_before'][0]:.2f} -> {r['load_avg_after'][0]:.2f}, "
           f"job: {r['job']['n']} image, {r['job']['size']} px, {r['job']['steps']} steps, long poll {r['poll_s']} s\n")
-    print("| path | clients | jobs | jobs/s | ms per job | vs in-process | p50 latency ms | p95 latency ms |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    rows = [("in-process (before)", "-", r["in_process_before"]), ("in-process (after)", "-", r["in_process_after"])]
-    rows += [("HTTP API", str(c), s) for c, s in r["api"].items()]
-    for name, c, s in rows:
-        print(f"| {name} | {c} | {s['jobs']} | {s['jobs_per_s']:.1f} | {1000 * s['s_per_job']:.1f} | "
-              f"{s['s_per_job'] / base:.2f}x | {s['p50_ms']:.0f} | {s['p95_ms']:.0f} |")
+    print("| clients | path | jobs | jobs/s | ms per job | API / in-process | p50 latency ms | p95 latency ms |")
+    print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for clients, level in r["levels"].items():
+        ratio = level["api"]["s_per_job"] / level["in_process"]["s_per_job"]
+        for name, s in (("in-process", level["in_process"]), ("HTTP API", level["api"])):
+            shown = f"**{ratio:.2f}x**" if name == "HTTP API" else ""
+            print(f"| {clients} | {name} | {s['jobs']} | {s['jobs_per_s']:.1f} | {1000 * s['s_per_job']:.1f} | {shown} | "
+                  f"{s['p50_ms']:.0f} | {s['p95_ms']:.0f} |")
     mem = r["memory"]
     print("\nserver RSS over jobs: " + ", ".join(f"{m['jobs']}: {m['rss_mb']:.0f} MB" for m in mem))
     f = r["flood"]
