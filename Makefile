@@ -14,10 +14,13 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt package-lock.json
 	npm ci --no-audit --no-fund --silent   # Vega for offline `dvc plots show` (.dvc/plots.html)
 	touch $@
 
-# The offline demo: demo.yaml's overrides (tiny random-weight FLUX preset, the
-# 212-icon sample snapshot, small sizes) as one DVC experiment, on a laptop CPU.
+# The offline demo: demo.yaml's overrides (tiny FLUX preset with a VAE trained on the icons,
+# the 212-icon sample snapshot, small sizes) as one DVC experiment, on a laptop CPU. One torch
+# thread unless OMP_NUM_THREADS says otherwise: the tiny models gain nothing from more, and on a
+# busy 2-core machine two threads per stage oversubscribe it.
 demo: setup
-	. $(BIN)/activate && python -m iconforge.overrides demo.yaml | xargs -0 dvc exp run
+	. $(BIN)/activate && export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} && \
+	python -m iconforge.overrides demo.yaml | xargs -0 dvc exp run
 	@echo "grid: samples/grid.png  vectors: samples/svg/  metrics: metrics/  MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 test: setup

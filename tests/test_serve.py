@@ -25,6 +25,8 @@ from conftest import ROOT
 from serve_setup import (EXPERIMENT, free_port, icon_project, spawn, start_api, stop, trained,  # noqa: F401
                          wait_until_up)
 
+# One xdist worker starts the module's API server and runs every test that uses it.
+pytestmark = pytest.mark.xdist_group("serve")
 UI = ROOT / "iconforge/serve/ui.py"
 SLOW = {"prompt": "slow", "n": 4, "steps": 100, "size": 256}  # seconds on the tiny preset: time to act on it
 
@@ -45,7 +47,7 @@ def api(server) -> Client:
 
 
 def finish(api: Client, job_id: str) -> dict:
-    return api.wait(job_id, poll_s=0.05, timeout_s=120)
+    return api.wait(job_id, timeout_s=120)
 
 
 def test_job_lifecycle_and_seeds_redraw(api, icon_project):  # noqa: F811
@@ -61,8 +63,11 @@ def test_job_lifecycle_and_seeds_redraw(api, icon_project):  # noqa: F811
     assert second.startswith(b"\x89PNG") and Image.open(io.BytesIO(second)).size == (64, 64)
     assert "<path" in api.svg(accepted["id"], 1)
 
-    again = finish(api, api.submit({"prompt": "zebrafish embryo", "seed": 12})["id"])
-    assert api.png(again["id"], 0) == second  # the seed alone reproduces the image
+    again = api.submit({"prompt": "zebrafish embryo", "seed": 12})["id"]
+    t0 = time.monotonic()
+    assert api.job(again, wait_s=30)["status"] == "done"  # a long poll answers when the job ends
+    assert time.monotonic() - t0 < 20
+    assert api.png(again, 0) == second  # the seed alone reproduces the image
 
     info = api.model()
     assert (info["revision"], info["experiment"], info["trigger"], info["base"]) == \
@@ -119,6 +124,8 @@ def test_malformed_requests_are_4xx(server):
         (httpx.get(f"{url}/v1/jobs/AAAAAAAAAAAAAAAA"), 404, "job_id: no job AAAAAAAAAAAAAAAA (unknown or expired)"),
         (httpx.get(f"{url}/v1/jobs/..%2F..%2Fetc"), 404, None),
         (httpx.get(f"{url}/v1/jobs/short"), 422, None),
+        (httpx.get(f"{url}/v1/jobs/AAAAAAAAAAAAAAAA?wait=31"), 422, "wait: Input should be less than or equal to 30"),
+        (httpx.get(f"{url}/v1/jobs/AAAAAAAAAAAAAAAA?wait=nan"), 422, "wait: Input should be a finite number"),
         (httpx.get(f"{url}/v1/jobs/AAAAAAAAAAAAAAAA/images/9.png"), 422, "index: Input should be less than 4"),
         (httpx.delete(f"{url}/v1/jobs"), 405, "Method Not Allowed"),
     ]
@@ -161,8 +168,9 @@ def test_queue_bound_client_cap_and_cancel(api):
     assert api.health()["queued"] == 0
 
 
-def test_api_key_and_bounded_results(icon_project):  # noqa: F811
-    """In-process (the same app object uvicorn serves): Bearer auth, and finished jobs dropped by count and TTL."""
+def test_api_key_bounded_results_and_failures(icon_project):  # noqa: F811
+    """In-process (the same app object uvicorn serves): Bearer auth, finished jobs dropped by count and
+    TTL, and a failing generation reported as a failed job."""
     from fastapi.testclient import TestClient
 
     from iconforge.generate.generator import Generator
@@ -190,6 +198,19 @@ def test_api_key_and_bounded_results(icon_project):  # noqa: F811
         time.sleep(1.6)
         assert [http.get(f"/v1/jobs/{i}", headers=key).status_code for i in ids] == [404, 404, 404]  # TTL
         assert service.stats()["kept"] == 0
+
+        # A job whose generation raises (a device error, say) fails alone; the worker goes on.
+        real = service.generator.generate
+        service.generator.generate = lambda *a, **kw: (_ for _ in ()).throw(RuntimeError("CUDA out of memory"))
+        bad = http.post("/v1/jobs", json={"prompt": "a"}, headers=key).json()["id"]
+        while (view := http.get(f"/v1/jobs/{bad}", headers=key).json())["status"] not in ("done", "failed"):
+            time.sleep(0.05)
+        assert (view["status"], view["error"]) == ("failed", "generation failed: RuntimeError")
+        service.generator.generate = real
+        good = http.post("/v1/jobs", json={"prompt": "a"}, headers=key).json()["id"]
+        while (view := http.get(f"/v1/jobs/{good}", headers=key).json())["status"] not in ("done", "failed"):
+            time.sleep(0.05)
+        assert view["status"] == "done"
     finally:
         service.stop()
 

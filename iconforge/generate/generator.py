@@ -4,8 +4,9 @@ Each image of a request is its own batch-1 denoising run from its own seed (seed
 after one shared text encoding. Why not one batched pipeline call: on CPU, the tiny preset's
 batch of 4 at 64 px gives different bytes than the same seeds drawn one at a time (batched
 kernels sum in another order), and the promise is that "again with this seed" (n=1) redraws an
-image byte for byte. A batch-1 run per seed is the same computation whatever n is; on a GPU at
-FLUX's 1024 px a batch-1 step already fills the device, so little throughput is lost.
+image byte for byte. A batch-1 run per seed is the same computation whatever n is. (On a GPU at
+FLUX's 1024 px a batch-1 step is already 4096 image tokens, so batching should gain little; not
+measured here.)
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -15,11 +15,15 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from iconforge.generate import request as limits
 from iconforge.generate.generator import Settings
 from iconforge.generate.request import GenerateRequest, error_line
+from iconforge.serve.client import JOB_ID_PATTERN
 from iconforge.serve.jobs import Busy, Job, JobService, State
 
 MAX_BODY_BYTES = 16 * 1024  # a request is a prompt and a few numbers
-JOB_ID = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-]{16}$", description="id the server gave the job")]
+JOB_ID = Annotated[str, Path(pattern=JOB_ID_PATTERN, description="id the server gave the job")]
 INDEX = Annotated[int, Path(ge=0, lt=limits.MAX_IMAGES, description="image number within the job")]
+MAX_WAIT_S = 30.0
+WAIT = Annotated[float, Query(ge=0, le=MAX_WAIT_S, allow_inf_nan=False,
+                              description="long polling: seconds to wait for the job to finish before answering")]
 CLIENT_ID = Annotated[str | None, Header(max_length=64, pattern=r"^[A-Za-z0-9:_.-]+$",
                                          description="end user behind a front end (bot, UI), for the per-client cap")]
 
@@ -174,9 +178,11 @@ def create_app(service: JobService, api_key: str | None = None) -> FastAPI:
         return Accepted(id=job.id, status=job.state, position=position, url=f"/v1/jobs/{job.id}")
 
     @app.get("/v1/jobs/{job_id}", response_model=JobView, dependencies=auth, responses={k: ERRORS[k] for k in (404, 422)})
-    def status(job_id: JOB_ID) -> JobView:
+    def status(job_id: JOB_ID, wait: WAIT = 0.0) -> JobView:
         """State, queue position, progress; once done, the images with their seeds and URLs."""
-        return view(find(job_id))
+        job = find(job_id)
+        service.wait(job, wait)
+        return view(job)
 
     @app.post("/v1/jobs/{job_id}/cancel", response_model=JobView, dependencies=auth,
               responses={k: ERRORS[k] for k in (404, 422)})

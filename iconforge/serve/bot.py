@@ -25,11 +25,10 @@ from aiogram.filters import Command, CommandStart
 from aiogram.types import (BufferedInputFile, CallbackQuery, InlineKeyboardButton, InlineKeyboardMarkup,
                            InputMediaPhoto, Message)
 
-from iconforge.serve.client import FINISHED, ApiError, Client
+from iconforge.serve.client import FINISHED, JOB_ID_PATTERN, ApiError, Client
 
 TOKEN_ENV, SERVER_ENV = "TELEGRAM_BOT_TOKEN", "TELEGRAM_API_URL"
 SVG_PREFIX = "svg:"
-JOB_ID = re.compile(r"^[A-Za-z0-9_-]{16}$")
 HELP = ("Send me a description, e.g. <i>zebrafish embryo</i>, and I draw icons in the bioicons style.\n"
         "Each image comes with its seed; the button under them sends the SVG versions.\n"
         "/help shows this message.")
@@ -92,7 +91,7 @@ def build_router(api: Client, cfg: BotConfig) -> Router:
     @router.callback_query(F.data.startswith(SVG_PREFIX))
     async def svgs(query: CallbackQuery) -> None:
         job_id = query.data.removeprefix(SVG_PREFIX)
-        if not JOB_ID.match(job_id) or query.message is None:
+        if not re.match(JOB_ID_PATTERN, job_id) or query.message is None:
             await query.answer("Unknown job.")
             return
         try:
@@ -110,7 +109,8 @@ def build_router(api: Client, cfg: BotConfig) -> Router:
 
 
 async def _follow(api: Client, cfg: BotConfig, job_id: str, status: Message) -> dict:
-    """Poll the job, editing the status message whenever its text changes."""
+    """Poll the job, editing the status message whenever its text changes. Short polls, not the API's
+    long polls: each would hold one of asyncio's few to_thread workers for a whole user's wait."""
     shown = status.text
     while True:
         try:

@@ -13,6 +13,7 @@ import httpx
 API_URL_ENV, API_KEY_ENV = "ICONFORGE_API_URL", "ICONFORGE_API_KEY"
 DEFAULT_URL = "http://127.0.0.1:8000"
 FINISHED = ("done", "failed", "cancelled")
+JOB_ID_PATTERN = r"^[A-Za-z0-9_-]{16}$"  # the ids the server makes (secrets.token_urlsafe(12))
 
 
 class ApiError(Exception):
@@ -24,7 +25,7 @@ class ApiError(Exception):
 
 
 class Client:
-    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, base_url: str = DEFAULT_URL, api_key: str | None = None, timeout_s: float = 60.0):
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self.base_url = base_url.rstrip("/")
         self._http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout_s)
@@ -67,8 +68,9 @@ class Client:
         headers = {"X-Client-Id": client_id} if client_id else {}
         return self._call("POST", "/v1/jobs", json=request, headers=headers).json()
 
-    def job(self, job_id: str) -> dict:
-        return self._call("GET", f"/v1/jobs/{job_id}").json()
+    def job(self, job_id: str, wait_s: float = 0.0) -> dict:
+        """The job's state; with wait_s, the server answers as soon as it finishes, or after wait_s."""
+        return self._call("GET", f"/v1/jobs/{job_id}", params={"wait": wait_s} if wait_s else None).json()
 
     def cancel(self, job_id: str) -> dict:
         return self._call("POST", f"/v1/jobs/{job_id}/cancel").json()
@@ -81,13 +83,13 @@ class Client:
 
     def wait(self, job_id: str, on_update: Callable[[dict], None] = lambda view: None,
              poll_s: float = 0.25, timeout_s: float = 3600.0) -> dict:
-        """Poll until the job is done, failed or cancelled; `on_update` sees every poll's state."""
+        """Long-poll until the job is done, failed or cancelled: the end is seen at once, and `on_update`
+        sees the state (progress) at least every `poll_s`."""
         deadline = time.monotonic() + timeout_s
         while True:
-            view = self.job(job_id)
+            view = self.job(job_id, wait_s=poll_s)
             on_update(view)
             if view["status"] in FINISHED:
                 return view
             if time.monotonic() > deadline:
                 raise ApiError(0, f"job {job_id} not finished after {timeout_s:.0f} s")
-            time.sleep(poll_s)

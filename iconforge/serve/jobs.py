@@ -119,6 +119,12 @@ class JobService:
             self._prune()
             return self._jobs.get(job_id)
 
+    def wait(self, job: Job, timeout_s: float) -> None:
+        """Block until `job` has finished or `timeout_s` has passed (long polling: a client learns of the
+        end at once instead of at its next poll)."""
+        with self._lock:
+            self._lock.wait_for(lambda: job.state not in ACTIVE or self._stopping, timeout=timeout_s)
+
     def position(self, job: Job) -> int | None:
         """1 = next to run; None once it has started."""
         with self._lock:
@@ -170,6 +176,7 @@ class JobService:
     # --- bookkeeping (lock held) ----------------------------------------------------------
     def _finish(self, job: Job, state: State) -> None:
         job.state, job.finished = state, time.time()
+        self._lock.notify_all()  # long polls (and the worker, which re-checks its queue)
 
     def _eta(self, ahead: int) -> int:
         return max(1, math.ceil(self._job_seconds * (ahead + 1)))
