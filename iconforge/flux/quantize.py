@@ -67,12 +67,19 @@ def quantization_config(mode: str, compute_dtype):
     return None
 
 
-def load_transformer(source: Path, mode: str, dtype, device):
-    """The base FLUX transformer of the diffusers folder `source`, quantized by `mode`. A quantized one is
-    quantized while loading onto `device` (the full-precision 12B never sits anywhere whole); an unquantized
-    one stays on the CPU for the caller to move."""
+def load_transformer(source: Path, mode: str, dtype):
+    """The base FLUX transformer of the diffusers folder `source`, quantized by `mode` while loading.
+    torchao quantizes on the CPU (the caller moves the model); bitsandbytes loads onto the GPU itself."""
     from diffusers import FluxTransformer2DModel
 
-    config = quantization_config(mode, dtype)
-    placement = {} if config is None else {"quantization_config": config, "device_map": {"": str(device)}}
-    return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype, **placement)
+    return FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=dtype,
+                                                  quantization_config=quantization_config(mode, dtype))
+
+
+def delta_differences(reference: Path, other: Path) -> dict[str, float]:
+    """Per module, ||dW_other - dW_ref|| / ||dW_ref|| (Frobenius) of two saved adapters' weight deltas
+    B @ A: how far training on a quantized base moved the adapter from the one trained on the full base."""
+    from iconforge.flux.lora_io import weight_deltas
+
+    ref, oth = weight_deltas(reference), weight_deltas(other)
+    return {name: float((oth[name] - d).norm() / d.norm()) for name, d in sorted(ref.items())}

@@ -473,7 +473,7 @@ def setup(cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> 
     device, wdtype = acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
     data = encode(cfg, paths, acc)
     source = model_source(paths.base, device)
-    transformer = load_transformer(source, cfg.quantize, wdtype, device)
+    transformer = load_transformer(source, cfg.quantize, wdtype)
     params = prepare_transformer(transformer, cfg)
     check_exportable(transformer)  # a target the kohya file cannot name fails now, not after training
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
