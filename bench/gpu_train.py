@@ -3,6 +3,7 @@
     python bench/gpu_train.py                  # FLUX.1-dev sizes, 1024 px, bf16: needs an 80 GB GPU
     python bench/gpu_train.py --smoke          # the same code on a tiny config, on CPU, < 1 min
     python bench/gpu_train.py --runs a,b       # only some runs (names in the table)
+    python bench/gpu_train.py --runs a-nf4-adamw8bit --memory-cap-gb 15   # as on a 16 GB card
 
 Nothing is downloaded: the transformer (19 double + 38 single blocks, 3072 wide),
 T5-XXL, CLIP-L and the VAE are built from their real configs with random weights.
@@ -370,6 +371,8 @@ def main() -> None:
     ap.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     ap.add_argument("--compile-backend", help="torch.compile backend (default inductor; smoke eager: dynamo "
                                               "tracing, no code generation)")
+    ap.add_argument("--memory-cap-gb", type=float, help="cap this process's GPU memory (GiB) to emulate a smaller "
+                                                          "card: a run that needs more reports OOM")
     ap.add_argument("--json", type=Path, help="default bench/out/gpu_train.json (smoke: gpu_train.smoke.json)")
     args = ap.parse_args()
     args.steps = args.steps or (2 if args.smoke else 10)
@@ -379,6 +382,9 @@ def main() -> None:
     preset = PRESETS["smoke" if args.smoke else "flux-dev"]
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_train: no CUDA GPU here; run with --smoke to check the script on CPU")
+    if args.memory_cap_gb and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb * 2**30 / total))
     if args.smoke:
         torch.set_num_threads(1)
         os.environ[ALLOW_CPU_ENV] = "1"  # the saved random encoders are a "local" base: allow CPU
@@ -404,6 +410,7 @@ def main() -> None:
     meta = {**machine(), "preset": "smoke" if args.smoke else "flux-dev", "resolution": cfg.resolution,
             "rank": cfg.rank, "batch_size": cfg.batch_size, "mixed_precision": cfg.mixed_precision,
             "steps": args.steps, "warmup": args.warmup, "compile_backend": args.compile_backend,
+            "memory_cap_gb": args.memory_cap_gb,
             "transformer": preset.transformer, "t5": preset.t5, **data, "total_s": time.perf_counter() - t0}
     a, b = results.get("a", {}), results.get("b", {})
     ratios = {}
