@@ -34,10 +34,10 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 
 from iconforge.atomic import write_json  # noqa: E402
 from iconforge.flux.quantize import delta_differences, load_transformer  # noqa: E402
-from iconforge.paths import ADAPTER_FILE  # noqa: E402
+from iconforge.paths import BASE, LORA_FILE  # noqa: E402
 from train_setup import make_repo, run_in_process  # noqa: E402
 
-WEIGHTS = "models/base/transformer/diffusion_pytorch_model.safetensors"
+WEIGHTS = BASE / "transformer" / "diffusion_pytorch_model.safetensors"
 
 
 def nf4_round_trip(w: torch.Tensor) -> torch.Tensor:
@@ -79,13 +79,12 @@ def main() -> None:
             for repo in repos.values():
                 run_in_process(repo, store)
             full = load_file(repos["none"] / WEIGHTS)
-            int8 = load_transformer(repos["int8"] / "models/base", "int8", torch.float32).state_dict()
+            int8 = load_transformer(repos["int8"] / BASE, "int8", torch.float32).state_dict()
             errors = {"int8": weight_error(full, {k: v.dequantize() if hasattr(v, "dequantize") else v
                                                   for k, v in int8.items()}),
                       "nf4-sim": weight_error(full, load_file(repos["nf4-sim"] / WEIGHTS))}
             for mode, err in errors.items():
-                diff = delta_differences(repos["none"] / "models/lora" / ADAPTER_FILE,
-                                         repos[mode] / "models/lora" / ADAPTER_FILE)
+                diff = delta_differences(repos["none"] / LORA_FILE, repos[mode] / LORA_FILE)
                 results[f"{mode}@{steps}"] = {"mode": mode, "steps": steps, "weight_error": err,
                                               "delta_difference_median": median(diff.values()),
                                               "delta_difference_max": max(diff.values()), "per_module": diff}

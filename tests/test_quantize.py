@@ -14,7 +14,7 @@ import iconforge.flux.train as train_module
 from iconforge.config import ConfigError, TrainConfig, build
 from iconforge.flux.quantize import check_runnable, delta_differences
 from iconforge.flux.train import Data, params_hash
-from iconforge.paths import ADAPTER_FILE
+from iconforge.paths import LORA_FILE
 from train_setup import PARAMS, assert_adapter_changes_output, leftovers, make_repo, run_in_process
 
 # train_setup's recipe, shortened: two checkpoints, validation at each.
@@ -44,7 +44,7 @@ def trained(tmp_path_factory, store) -> dict[str, Path]:
 
 
 def adapter(repo: Path) -> Path:
-    return repo / "models/lora" / ADAPTER_FILE
+    return repo / LORA_FILE
 
 
 def test_int8_adapter_loads_into_the_unquantized_base(trained):
