@@ -3,6 +3,7 @@
     python bench/gpu_train.py                  # FLUX.1-dev sizes, 1024 px, bf16: needs an 80 GB GPU
     python bench/gpu_train.py --smoke          # the same code on a tiny config, on CPU, < 1 min
     python bench/gpu_train.py --runs a,b       # only some runs (names in the table)
+    python bench/gpu_train.py --runs a-nf4-adamw8bit --memory-cap-gb 15   # as on a 16 GB card
 
 Nothing is downloaded: the transformer (19 double + 38 single blocks, 3072 wide),
 T5-XXL, CLIP-L and the VAE are built from their real configs with random weights.
@@ -19,7 +20,10 @@ reports seconds per step, images per second and peak GPU memory over
              every step; same training settings as (a), so a/b isolates the caching;
   variants   (a) with one setting changed: gradient checkpointing off, fused / 8-bit
              AdamW, SDPA backend forced (math, efficient, flash), regional
-             torch.compile of the transformer blocks, the narrower LoRA target presets.
+             torch.compile of the transformer blocks, the narrower LoRA target presets;
+  quantized  (a) on a quantized base (train.quantize: int8 torchao, nf4 bitsandbytes), loaded through
+             the project's load_transformer from a saved copy of the random transformer, alone and
+             with the other memory savers of the README's memory plan (8-bit AdamW).
 
 Prints a markdown table and the a/b ratios; writes everything to --json.
 Run (a) calls iconforge.flux.train's own `cached_batch` and `train_step`; run (b) builds its
@@ -58,6 +62,7 @@ from iconforge.config import ConfigError, TrainConfig, load  # noqa: E402
 from iconforge.dataset.imagefolder import read_metadata, write_metadata  # noqa: E402
 from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH, load_image  # noqa: E402
 from iconforge.flux.models import ALLOW_CPU_ENV  # noqa: E402
+from iconforge.flux.quantize import load_transformer  # noqa: E402
 from iconforge.paths import BASE_JSON  # noqa: E402
 from iconforge.flux.tiny import FLUX_SCHEDULER, FLUX_VAE_SCALING, FLUX_VAE_SHIFT, clip_tokenizer, t5_tokenizer  # noqa: E402
 from iconforge.flux.train import (Paths, StepContext, _seed, batch_indices, cached_batch, encode_data,  # noqa: E402
@@ -111,6 +116,7 @@ class Run:
     sdpa: str | None = None  # None = PyTorch's own choice
     compile: bool = False
     targets: str | None = None  # a train.targets preset; None = params.yaml's
+    quantize: str = "none"  # train.quantize
 
 
 RUNS = [
@@ -125,6 +131,10 @@ RUNS = [
     Run("a-compile", "(a), torch.compile of each transformer block", compile=True),
     Run("a-lora-attention", "(a), LoRA on image attention only (train.targets=attention)", targets="attention"),
     Run("a-lora-attention-text", "(a), LoRA on attention + text-stream projections", targets="attention_text"),
+    Run("a-int8", "(a), base in int8 (train.quantize=int8, torchao)", quantize="int8"),
+    Run("a-int8-adamw8bit", "(a), int8 base + AdamW8bit", quantize="int8", optimizer="adamw8bit"),
+    Run("a-nf4", "(a), base in NF4 (train.quantize=nf4, bitsandbytes)", quantize="nf4"),
+    Run("a-nf4-adamw8bit", "(a), NF4 base + AdamW8bit", quantize="nf4", optimizer="adamw8bit"),
 ]
 
 
@@ -196,6 +206,16 @@ class Bench:
         self.dtype = torch.bfloat16
         self.acc = Accelerator(mixed_precision=cfg.mixed_precision)
         self.split, self.base, self.cache = work / "dataset/train", work / "base", work / "cache"
+        self.saved = None  # the random transformer saved as a diffusers folder, for the quantized runs
+
+    def saved_transformer(self) -> Path:
+        """A diffusers folder holding build_transformer's weights (saved once, ~22 GiB at FLUX.1-dev size),
+        which load_transformer reads like train_lora reads models/base."""
+        if self.saved is None:
+            self.saved = self.work / "transformer_base"
+            build_transformer(self.p, self.device, self.dtype).save_pretrained(self.saved / "transformer")
+            free(self.acc)
+        return self.saved
 
     def prepare_data(self) -> dict:
         """Save the random encoders as the base (a local diffusers folder), make the icons,
@@ -219,18 +239,21 @@ class Bench:
 
     def measure(self, run: Run) -> dict:
         cfg = dataclasses.replace(self.cfg, optimizer=run.optimizer or self.cfg.optimizer,
-                                  targets=run.targets or self.cfg.targets,
+                                  targets=run.targets or self.cfg.targets, quantize=run.quantize,
                                   gradient_checkpointing=self.cfg.gradient_checkpointing
                                   if run.checkpointing is None else run.checkpointing)
-        if run.optimizer == "adamw8bit":
-            preflight(cfg)  # ConfigError when bitsandbytes is missing: reported as skipped
+        if run.optimizer == "adamw8bit" or run.quantize != "none":
+            preflight(cfg)  # ConfigError when bitsandbytes/torchao is missing or nf4 lacks CUDA: reported as skipped
         if run.sdpa == "flash" and self.device == "cuda" and torch.cuda.get_device_capability()[0] < 8:
             return {"status": "skipped: flash attention needs an Ampere or newer GPU"}
         encoders = None
         if run.online:  # (b): the encoders live on the GPU next to the transformer
             encoders = FluxPipeline.from_pretrained(self.base / "pipe", transformer=None, dtype=self.dtype)
             encoders.to(self.device)
-        transformer = build_transformer(self.p, self.device, self.dtype)
+        if run.quantize == "none":
+            transformer = build_transformer(self.p, self.device, self.dtype)
+        else:
+            transformer = load_transformer(self.saved_transformer(), run.quantize, self.dtype).to(self.device)
         params = prepare_transformer(transformer, cfg)  # as train_lora's setup: frozen base, fp32 adapter
         if run.compile:
             transformer.compile_repeated_blocks(backend=self.args.compile_backend)
@@ -279,6 +302,7 @@ class Bench:
                "images_per_s": cfg.batch_size / fmean(timed), "first_step_s": times[0],
                "trainable_params": sum(p.numel() for p in params), "final_loss": float(losses[-1]),
                "gradient_checkpointing": cfg.gradient_checkpointing, "optimizer": cfg.optimizer,
+               "quantize": cfg.quantize,
                "target_modules": list(cfg.target_modules)}
         if self.device == "cuda":
             out["peak_allocated_gb"] = torch.cuda.max_memory_allocated() / 2**30
@@ -334,6 +358,8 @@ def machine() -> dict:
         info.update(gpu=props.name, gpu_memory_gb=props.total_memory / 2**30)
     with contextlib.suppress(Exception):
         info["bitsandbytes"] = version("bitsandbytes")
+    with contextlib.suppress(Exception):
+        info["torchao"] = version("torchao")
     return info
 
 
@@ -345,6 +371,8 @@ def main() -> None:
     ap.add_argument("--runs", default="", help="comma-separated run names (default: all)")
     ap.add_argument("--compile-backend", help="torch.compile backend (default inductor; smoke eager: dynamo "
                                               "tracing, no code generation)")
+    ap.add_argument("--memory-cap-gb", type=float, help="cap this process's GPU memory (GiB) to emulate a smaller "
+                                                          "card: a run that needs more reports OOM")
     ap.add_argument("--json", type=Path, help="default bench/out/gpu_train.json (smoke: gpu_train.smoke.json)")
     args = ap.parse_args()
     args.steps = args.steps or (2 if args.smoke else 10)
@@ -354,6 +382,9 @@ def main() -> None:
     preset = PRESETS["smoke" if args.smoke else "flux-dev"]
     if not args.smoke and not torch.cuda.is_available():
         sys.exit("gpu_train: no CUDA GPU here; run with --smoke to check the script on CPU")
+    if args.memory_cap_gb and torch.cuda.is_available():
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, args.memory_cap_gb * 2**30 / total))
     if args.smoke:
         torch.set_num_threads(1)
         os.environ[ALLOW_CPU_ENV] = "1"  # the saved random encoders are a "local" base: allow CPU
@@ -379,6 +410,7 @@ def main() -> None:
     meta = {**machine(), "preset": "smoke" if args.smoke else "flux-dev", "resolution": cfg.resolution,
             "rank": cfg.rank, "batch_size": cfg.batch_size, "mixed_precision": cfg.mixed_precision,
             "steps": args.steps, "warmup": args.warmup, "compile_backend": args.compile_backend,
+            "memory_cap_gb": args.memory_cap_gb,
             "transformer": preset.transformer, "t5": preset.t5, **data, "total_s": time.perf_counter() - t0}
     a, b = results.get("a", {}), results.get("b", {})
     ratios = {}

@@ -170,6 +170,8 @@ TARGET_PRESETS = {
                                "ff_context.net.0.proj", "ff_context.net.2", "proj_mlp"),
 }
 TIMESTEP_SCHEMES = ("uniform", "logit_normal", "sigmoid")
+# train.quantize: none, or the base transformer in int8 (torchao) / NF4 (bitsandbytes); iconforge.flux.quantize
+QUANTIZE_MODES = ("none", "int8", "nf4")
 
 
 @dataclass(frozen=True)
@@ -199,6 +201,7 @@ class TrainConfig(Section):
     warmup_steps: int
     max_grad_norm: float
     save_dtype: str  # dtype of the saved adapter: bf16 (half the file) or fp32
+    quantize: str  # how the frozen base transformer is stored while training, one of QUANTIZE_MODES
     val_every: int  # steps between validation losses (also taken at the end)
     val_images: int  # validation images in the validation loss (evenly spaced over the split)
     checkpoint_every: Annotated[int, OPERATIONAL]  # steps between resume checkpoints
@@ -218,6 +221,7 @@ class TrainConfig(Section):
         _check(self.resolution % 16 == 0, self.key("resolution"), "must be a multiple of 16", self.resolution)
         self.one_of("mixed_precision", ("no", "fp16", "bf16"))
         self.one_of("save_dtype", ("bf16", "fp32"))
+        self.one_of("quantize", QUANTIZE_MODES)
         self.one_of("timestep_sampling", TIMESTEP_SCHEMES)
         self.one_of("targets", tuple(TARGET_PRESETS))
         self.one_of("optimizer", ("adamw", "adamw_fused", "adamw8bit"))

@@ -6,8 +6,15 @@ and exits 1. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable
+
+# torchao (train.quantize: int8) is imported by diffusers whenever it is installed, and on torch 2.14 it logs
+# import-time warnings (its enums, torchao tensor types diffusers looks for) that concern nothing a stage does
+# (no torchao-serialized checkpoint is loaded) and would precede a stage's one-line error.
+for _name in ("torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 class StageError(Exception):

@@ -21,7 +21,7 @@ from iconforge.flux.models import load_pipeline
 from iconforge.tracking import read_run_json, resume_run, tracking_uri
 from iconforge.config import TARGET_PRESETS
 from iconforge.flux.train import batch_indices
-from train_setup import PARAMS, assert_adapter_changes_output, leftovers, make_repo, stage_env
+from train_setup import PARAMS, assert_adapter_changes_output, leftovers, make_repo, run_in_process, stage_env
 
 NOTHING_ENCODED = "encoded 0 images and 0 captions"
 
@@ -115,18 +115,9 @@ def test_alpha_other_than_rank_is_folded_into_the_file(trained):
 
 
 @pytest.fixture
-def in_process(monkeypatch, store):
+def in_process(store):
     """Run the stage's main() in this process (no import cost), from a given repo folder."""
-    from accelerate.state import AcceleratorState, GradientState
-    from stages import train_lora
-
-    def run(repo: Path) -> None:
-        monkeypatch.chdir(repo)
-        monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-        train_lora.main()
-    yield run
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+    return lambda repo: run_in_process(repo, store)
 
 
 def test_same_params_give_identical_bytes(trained, tmp_path, in_process, capsys):

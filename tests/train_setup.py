@@ -4,6 +4,7 @@ import json
 import os
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from PIL import Image, ImageDraw
@@ -44,6 +45,21 @@ def make_repo(path: Path, model=None, **train) -> Path:
     (path / "params.yaml").write_text(yaml.safe_dump(params))
     resolve_base(build(ModelConfig, params["model"]), path / "models/base", path / "data/dataset/train")  # as the base stage does
     return path
+
+
+def run_in_process(repo: Path, store: str) -> None:
+    """The stage's main() in this process (no import cost), from `repo`, logging to the MLflow `store`."""
+    from accelerate.state import AcceleratorState, GradientState
+    from stages import train_lora
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(repo)
+        mp.setenv("MLFLOW_TRACKING_URI", store)
+        try:
+            train_lora.main()
+        finally:  # accelerate's process-wide state, for the next run in this process
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
 
 
 def stage_env(store: str) -> dict:

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from diffusers import FluxPipeline
 from peft import LoraConfig, get_peft_model_state_dict, set_peft_model_state_dict
-from safetensors.torch import save
+from safetensors.torch import load_file, save
 
 from iconforge.atomic import write_bytes
 from iconforge.config import ConfigError
@@ -55,6 +55,13 @@ def folded_state(transformer: torch.nn.Module) -> dict[str, torch.Tensor]:
     cfg = transformer.peft_config["default"]
     scale = cfg.lora_alpha / cfg.r
     return {k: v * scale if ".lora_B." in k else v for k, v in adapter_state(transformer).items()}
+
+
+def weight_deltas(diffusers_file: Path) -> dict[str, torch.Tensor]:
+    """The weight delta B @ A (fp64) each module of a saved adapter adds at strength 1.0, by module name."""
+    state = {k.removeprefix("transformer."): v.double() for k, v in load_file(diffusers_file).items()}
+    return {k.split(".lora_A.")[0]: state[k.replace(".lora_A.", ".lora_B.")] @ a
+            for k, a in state.items() if ".lora_A." in k}
 
 
 def adapter_metadata(transformer: torch.nn.Module) -> dict:

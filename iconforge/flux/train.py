@@ -67,6 +67,7 @@ from iconforge.flux.latent_cache import (EMPTY_CAPTION, MAX_SEQUENCE_LENGTH, Cac
                                         encoder_fingerprint)
 from iconforge.flux.lora_io import adapter_state, add_lora, check_exportable, load_adapter_state, save_adapter
 from iconforge.flux.models import model_source
+from iconforge.flux.quantize import check_runnable, load_transformer
 from iconforge.tables import write_csv
 
 WEIGHT_DTYPES = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -117,6 +118,7 @@ def preflight(cfg: TrainConfig) -> None:
         except ImportError:
             raise ConfigError("train.optimizer: adamw8bit needs the bitsandbytes package "
                               "(pip install bitsandbytes), which is not installed") from None
+    check_runnable(cfg.quantize)
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -471,7 +473,7 @@ def setup(cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> 
     device, wdtype = acc.device, WEIGHT_DTYPES[cfg.mixed_precision]
     data = encode(cfg, paths, acc)
     source = model_source(paths.base, device)
-    transformer = FluxTransformer2DModel.from_pretrained(source, subfolder="transformer", dtype=wdtype)
+    transformer = load_transformer(source, cfg.quantize, wdtype)
     params = prepare_transformer(transformer, cfg)
     check_exportable(transformer)  # a target the kohya file cannot name fails now, not after training
     scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(source, subfolder="scheduler")
