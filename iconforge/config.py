@@ -177,7 +177,7 @@ class CaptionConfig(Section):
     section: typing.ClassVar[str] = "caption"
     trigger: str
     template: str  # placeholders: CAPTION_FIELDS (iconforge.dataset.captions says what each holds per dataset)
-    drop_boilerplate: bool  # logos: {text} without the template's fixed tail ("successful vibe, minimalist, ...")
+    drop_boilerplate: bool = True  # logos: {text} without the template's fixed tail ("successful vibe, minimalist, ...")
 
     def __post_init__(self):
         try:

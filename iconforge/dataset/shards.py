@@ -101,7 +101,12 @@ def extract(pf: pq.ParquetFile, label: str, name: str, out: Path, image_column: 
     (out / name).mkdir(parents=True, exist_ok=False)
     rows, n = [], 0
     try:
-        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=[image_column, text_column])
+        # One row group at a time, single-threaded: pyarrow's default reader buffers far ahead
+        # (the whole 200 MB test shard). Memory is then bounded by one row group (`datasets`
+        # writes image shards in groups of 100 rows).
+        batches = (b for g in range(pf.num_row_groups)
+                   for b in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=[image_column, text_column],
+                                            use_threads=False))
         for batch in tqdm(batches, desc=f"extract {name}", unit=" batches"):
             images, where = _image_fields(batch.column(image_column))
             for data, image_path, text in zip(images, where, batch.column(text_column).to_pylist()):
