@@ -29,7 +29,11 @@ from iconforge.config import RasterizeConfig
 from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
 
-IN_FLIGHT_PER_WORKER = 64  # tasks queued per worker: bounds memory whatever the image count
+IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the image count
+# Raster images (a few ms each) go to the workers in batches, so that per-task overhead does not
+# dominate; a batch that times out or crashes is retried one image per task, which then carries
+# the per-image bounds and names the culprit. SVGs go one per task.
+RASTER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -106,8 +110,12 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
+def _render_files(files: list[str], size: int, margin: float, renderer: str, max_memory_mb: int) -> list[Outcome]:
     """Runs in a worker process."""
+    return [_render_file(f, size, margin, renderer, max_memory_mb) for f in files]
+
+
+def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
     try:
         data = Path(file).read_bytes()
         if not is_svg(file):
@@ -174,31 +182,36 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
         context.set_forkserver_preload(["iconforge.dataset.svg", "iconforge.dataset.raster"])
         with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
                          context=context) as pool, tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
-            queue = iter(todo)
+            svgs = [p for p in todo if is_svg(p)]
+            rasters = [p for p in todo if not is_svg(p)]
+            tasks = collections.deque([[p] for p in svgs] + [rasters[i:i + RASTER_BATCH]
+                                                             for i in range(0, len(rasters), RASTER_BATCH)])
             futures: dict = {}
-            while True:
+            while tasks or futures:
                 # Schedule a bounded window, not every image at once: memory stays flat at 400k rows.
-                for path in queue:
-                    futures[pool.schedule(_render_file, args=(str(raw_dir / path), cfg.size, cfg.margin,
-                                                              cfg.renderer, cfg.max_memory_mb),
-                                          timeout=cfg.timeout_s)] = path
-                    if len(futures) >= workers * IN_FLIGHT_PER_WORKER:
-                        break
-                if not futures:
-                    break
+                while tasks and len(futures) < workers * IN_FLIGHT_PER_WORKER:
+                    batch = tasks.popleft()
+                    futures[pool.schedule(_render_files, args=([str(raw_dir / p) for p in batch], cfg.size,
+                                                               cfg.margin, cfg.renderer, cfg.max_memory_mb),
+                                          timeout=cfg.timeout_s)] = batch
                 done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
                 for fut in done:
-                    path = futures.pop(fut)  # let the future and its PNG bytes be freed
+                    batch = futures.pop(fut)  # let the future and its PNG bytes be freed
                     try:
-                        outcome = fut.result()
-                    except concurrent.futures.TimeoutError:  # pebble killed the worker
-                        outcome = Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
-                    except ProcessExpired as e:  # segfault, Rust abort, or killed from outside
-                        outcome = Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)
-                    cache.put(keys[path], outcome)
-                    store(path, outcome, outcome.dark)
-                    summary.rendered += outcome.png is not None
-                    bar.update()
+                        outcomes = fut.result()
+                    except (concurrent.futures.TimeoutError, ProcessExpired) as e:
+                        if len(batch) > 1:  # find the culprit: one image per task
+                            tasks.extend([p] for p in batch)
+                            continue
+                        outcomes = [Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
+                                    if isinstance(e, concurrent.futures.TimeoutError)  # pebble killed the worker
+                                    # segfault, Rust abort, or killed from outside
+                                    else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
+                    for path, outcome in zip(batch, outcomes):
+                        cache.put(keys[path], outcome)
+                        store(path, outcome, outcome.dark)
+                        summary.rendered += outcome.png is not None
+                        bar.update()
     summary.dark.sort()
     summary.evicted = cache.evict(set(keys.values()))
     return summary
