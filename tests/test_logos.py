@@ -324,3 +324,14 @@ def test_fetch_and_filter_memory_stays_bounded(tmp_path):
     assert p.returncode == 0, p.stderr
     peak_mb = int(p.stdout.split()[-1]) / 1024
     assert shard.stat().st_size > 150e6 and peak_mb < 250, peak_mb
+
+
+def test_demo_overrides_reset_what_another_demo_left():
+    """`make demo` after `make demo-logos`: the workspace still says parquet; the arguments put it back."""
+    from iconforge import overrides
+    committed = committed_params()
+    demo = overrides.merged(committed, overrides.read(ROOT / "demo.yaml"))
+    logos_run = overrides.merged(demo, overrides.read(ROOT / "demo-logos.yaml"))
+    args = overrides.set_args(overrides.changes(demo, logos_run))
+    assert "fetch.source=bioicons" in args and "filter.select=all" in args
+    assert not any(a.startswith(("fetch.url=", "train.")) for a in args)  # what both demos share stays
