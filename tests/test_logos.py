@@ -335,3 +335,18 @@ def test_demo_overrides_reset_what_another_demo_left():
     args = overrides.set_args(overrides.changes(demo, logos_run))
     assert "fetch.source=bioicons" in args and "filter.select=all" in args
     assert not any(a.startswith(("fetch.url=", "train.")) for a in args)  # what both demos share stays
+
+
+def test_an_added_shard_renders_only_its_new_rows(tmp_path, monkeypatch, capsys):
+    a = synthetic_logos.write(tmp_path / "a.parquet", 20, seed=1)
+    b = synthetic_logos.write(tmp_path / "b.parquet", 10, seed=2)
+    repo = tmp_path / "repo"
+    monkeypatch.chdir(tmp_path)
+    for shard_list in ([str(a)], [str(a), str(b)]):
+        write_params(repo, shard_list)
+        monkeypatch.chdir(repo)
+        fetch.main()
+        filter_license.main()
+        rasterize_stage.main()
+    out = capsys.readouterr().out
+    assert "rendered 20, from cache 0" in out and "rendered 10, from cache 20" in out
