@@ -4,7 +4,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test bench serve
+.PHONY: setup demo demo-logos test bench serve
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt package-lock.json
@@ -22,6 +22,14 @@ demo: setup
 	. $(BIN)/activate && export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} && \
 	python -m iconforge.overrides demo.yaml | xargs -0 dvc exp run
 	@echo "grid: samples/grid.png  vectors: samples/svg/  metrics: metrics/  MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+
+# The logo demo: a synthetic 2,000-row logo parquet (the shard demo-logos.yaml names), then
+# demo.yaml + demo-logos.yaml's overrides as one DVC experiment. `make demo` switches back.
+demo-logos: setup
+	. $(BIN)/activate && python -m iconforge.synthetic_logos --rows 2000 --params demo-logos.yaml
+	. $(BIN)/activate && export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} && \
+	python -m iconforge.overrides demo.yaml demo-logos.yaml | xargs -0 dvc exp run
+	@echo "grid: samples/grid.png  dataset: data/dataset/  metrics: metrics/"
 
 test: setup
 	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup tests

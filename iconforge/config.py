@@ -23,6 +23,16 @@ PARAMS_FILE = Path("params.yaml")
 KNOWN_LICENSES = ("cc-0", "mit", "bsd", "cc-by-3.0", "cc-by-4.0", "cc-by-sa-3.0", "cc-by-sa-4.0")
 # SVG renderers iconforge.dataset.svg can draw with.
 RENDERERS = ("cairosvg", "resvg")
+# The datasets fetch can read: the bioicons SVG archive, or parquet shards of image + text rows (logos).
+SOURCES = ("bioicons", "parquet")
+SELECTIONS = ("all", "last", "random")  # filter.select, for parquet rows
+CAPTION_FIELDS = ("trigger", "name", "category", "keywords", "text")  # caption.template placeholders
+
+
+def _hex_or_empty(cfg: "Section", name: str, value: str, digits: int) -> None:
+    v = value.lower()
+    _check(v == "" or (len(v) == digits and all(c in "0123456789abcdef" for c in v)),
+           cfg.key(name), f"must be empty or {digits} hex digits", value)
 
 
 OPERATIONAL = "operational"  # typing.Annotated marker, see Section.operational
@@ -75,18 +85,33 @@ class Section:
 @dataclass(frozen=True)
 class FetchConfig(Section):
     section: typing.ClassVar[str] = "fetch"
+    source: str  # one of SOURCES: which dataset every later stage works on
+    # bioicons: the source archive
     url: str  # https:// URL, file:// URL or local path (relative to the repo root)
     sha256: str  # "" = do not verify
     revision: str  # upstream commit of an archive whose top folder names none; "" = read it from the top folder
+    # parquet: the shards, each like url; shards_sha256 empty, or one entry ("" = do not verify) per shard
+    shards: tuple[str, ...]
+    shards_sha256: tuple[str, ...]
+    image_column: str  # struct<bytes: binary, path: string> (Hugging Face Image) or binary
+    text_column: str  # string
     timeout_s: Annotated[float, OPERATIONAL]
     retries: Annotated[int, OPERATIONAL]
 
     def __post_init__(self):
+        self.one_of("source", SOURCES)
         _check(bool(self.url.strip()), self.key("url"), "must not be empty", self.url)
-        for name, digits in (("sha256", 64), ("revision", 40)):
-            v = getattr(self, name).lower()
-            _check(v == "" or (len(v) == digits and all(c in "0123456789abcdef" for c in v)),
-                   self.key(name), f"must be empty or {digits} hex digits", getattr(self, name))
+        _hex_or_empty(self, "sha256", self.sha256, 64)
+        _hex_or_empty(self, "revision", self.revision, 40)
+        for s in self.shards_sha256:
+            _hex_or_empty(self, "shards_sha256", s, 64)
+        _check(self.source != "parquet" or len(self.shards) > 0, self.key("shards"),
+               "must name at least one shard when fetch.source is parquet", self.shards)
+        _check(all(u.strip() for u in self.shards), self.key("shards"), "must not hold an empty URL", self.shards)
+        _check(len(self.shards_sha256) in (0, len(self.shards)), self.key("shards_sha256"),
+               f"must be empty or hold one entry per shard ({len(self.shards)})", self.shards_sha256)
+        for name in ("image_column", "text_column"):
+            _check(bool(getattr(self, name).strip()), self.key(name), "must not be empty", getattr(self, name))
         self.positive("timeout_s")
         self.non_negative("retries")
 
@@ -102,8 +127,25 @@ class FilterConfig(Section):
     val_fraction: float
     seed: int
     variants: str  # "all": keep every colour/detail variant; "one": one per group
+    # parquet rows (logos): which rows, their bounds, near-duplicate grouping and the dataset's credit
+    select: str  # one of SELECTIONS: every row, the last select_n rows, or a seeded random select_n
+    select_n: int
+    max_caption_chars: int
+    max_image_bytes: int
+    near_dup_bits: int  # images whose 64-bit dHashes differ in at most this many bits share a group
+    dataset_license: str  # license id recorded for every row
+    dataset_license_url: str
+    dataset_attribution: str  # credit text required by the dataset's license ("" = none)
+    dataset_source: str  # the dataset's page, linked from the credits
 
     def __post_init__(self):
+        self.one_of("select", SELECTIONS)
+        _check(self.select == "all" or self.select_n > 0, self.key("select_n"),
+               "must be > 0 when filter.select is last or random", self.select_n)
+        self.positive("max_caption_chars", "max_image_bytes")
+        _check(0 <= self.near_dup_bits <= 16, self.key("near_dup_bits"), "must be in [0, 16]", self.near_dup_bits)
+        _check(bool(self.dataset_license.strip()), self.key("dataset_license"), "must not be empty",
+               self.dataset_license)
         for lic in self.licenses:
             _check(lic in KNOWN_LICENSES, self.key("licenses"),
                    f"unknown license (known: {', '.join(KNOWN_LICENSES)})", lic)
@@ -134,14 +176,16 @@ class RasterizeConfig(Section):
 class CaptionConfig(Section):
     section: typing.ClassVar[str] = "caption"
     trigger: str
-    template: str  # fields: {trigger} {name} {category}
+    template: str  # placeholders: CAPTION_FIELDS (iconforge.dataset.captions says what each holds per dataset)
+    drop_boilerplate: bool = True  # logos: {text} without the template's fixed tail ("successful vibe, minimalist, ...")
 
     def __post_init__(self):
         try:
-            self.template.format(trigger="t", name="n", category="c")
+            self.template.format(**{f: f for f in CAPTION_FIELDS})
         except (KeyError, IndexError, ValueError) as e:
+            allowed = " ".join(f"{{{f}}}" for f in CAPTION_FIELDS)
             raise ConfigError(f"{self.key('template')}: bad placeholder {e} "
-                              f"(allowed: {{trigger}} {{name}} {{category}}), got {self.template!r}") from None
+                              f"(allowed: {allowed}), got {self.template!r}") from None
 
 
 @dataclass(frozen=True)

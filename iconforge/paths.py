@@ -23,7 +23,10 @@ GRID_PNG = "grid.png"  # samples/: base vs LoRA contact sheet
 # fetch
 RAW = Path("data/raw")  # the archive's static/icons/ tree
 MANIFEST = Path("data/manifest.csv")  # one row per extracted SVG
-SOURCE = Path("data/source.json")  # what fetch extracted: archive sha256, top folder, upstream commit
+SOURCE = Path("data/source.json")  # what fetch extracted: archive sha256, top folder, upstream commit (bioicons),
+# or {"source": "parquet", "shards": [...]}: what every later stage reads to know the dataset
+# Downloaded parquet shards, kept outside DVC's outputs so a partial one resumes and a verified one is reused.
+SHARD_CACHE = ".cache/shards"
 
 # filter_license
 FILTERED = Path("data/filtered.csv")  # kept icons with variant group and split

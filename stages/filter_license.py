@@ -1,5 +1,7 @@
 """Stage filter_license: data/raw + data/manifest.csv + data/source.json -> data/filtered.csv (kept
-rows with variant group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md."""
+rows with group and split), data/filter_rejects.csv, data/credits.csv, data/ATTRIBUTION.md.
+bioicons: licenses, categories, sizes, colour/detail variant groups. parquet (source.json says
+which): row selection, bounds, exact and near duplicates (iconforge.dataset.logos)."""
 from __future__ import annotations
 
 from collections import Counter
@@ -7,6 +9,7 @@ from collections import Counter
 from iconforge import paths
 from iconforge.atomic import write_text
 from iconforge.config import FilterConfig, load
+from iconforge.dataset import logos, shards
 from iconforge.dataset.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, read_notices, render_markdown,
                                            unmatched_authors)
 from iconforge.dataset.selection import MANIFEST_COLUMNS, check_accounted, kind, screen
@@ -17,10 +20,15 @@ from iconforge.tables import read_csv, read_json, write_csv
 
 def main() -> None:
     cfg = load(FilterConfig)
-    rows = read_csv(paths.MANIFEST, MANIFEST_COLUMNS)
-    commit = read_json(paths.SOURCE, required=("commit",))["commit"]  # the credits link the icons fetch extracted
-    kept, rejects = screen(rows, cfg, paths.RAW)
-    kept = assign_splits(kept, cfg.val_fraction, cfg.seed)
+    source = read_json(paths.SOURCE)
+    parquet = source.get("source") == "parquet"
+    rows = read_csv(paths.MANIFEST, shards.FIELDS if parquet else MANIFEST_COLUMNS)
+    if parquet:
+        kept, rejects = logos.screen(rows, cfg, paths.RAW)
+        kept = assign_splits(kept, cfg.val_fraction, cfg.seed, group_of=lambda r: r["group"])
+    else:
+        kept, rejects = screen(rows, cfg, paths.RAW)
+        kept = assign_splits(kept, cfg.val_fraction, cfg.seed)
     share = multi_member_share(kept)  # measured before variants: one collapses the groups
     if cfg.variants == "one":
         kept, dropped = one_per_group(kept)
@@ -29,17 +37,25 @@ def main() -> None:
     kept.sort(key=lambda r: r["path"])
     rejects.sort(key=lambda r: r["path"])
 
-    authors = read_authors(paths.RAW)
-    credits = credit_rows(kept, authors, commit)
-    unmatched = unmatched_authors(kept, authors)
-    write_csv(paths.FILTERED, kept, MANIFEST_COLUMNS + ["group", "split"])
+    unmatched = []
+    if parquet:
+        credits = logos.credit_rows(kept, cfg)
+        attribution = logos.render_markdown(len(kept), cfg, source.get("shards", []))
+    else:
+        commit = read_json(paths.SOURCE, required=("commit",))["commit"]  # the credits link the icons fetch extracted
+        authors = read_authors(paths.RAW)
+        credits = credit_rows(kept, authors, commit)
+        unmatched = unmatched_authors(kept, authors)
+        attribution = render_markdown(credits, unmatched, read_notices(paths.RAW), commit)
+    write_csv(paths.FILTERED, kept, MANIFEST_COLUMNS + (["text"] if parquet else []) + ["group", "split"])
     write_csv(paths.FILTER_REJECTS, rejects, ["path", "reason"])
     write_csv(paths.CREDITS, credits, CREDIT_COLUMNS)
-    write_text(paths.ATTRIBUTION, render_markdown(credits, unmatched, read_notices(paths.RAW), commit))
+    write_text(paths.ATTRIBUTION, attribution)
 
     splits = Counter(r["split"] for r in kept)
-    print(f"kept {len(kept)} of {len(rows)} icons: {splits['train']} train, {splits['validation']} validation "
-          f"in {len({r['group'] for r in kept})} variant groups ({share:.1%} of kept icons have a variant sibling)")
+    print(f"kept {len(kept)} of {len(rows)} {'rows' if parquet else 'icons'}: {splits['train']} train, "
+          f"{splits['validation']} validation in {len({r['group'] for r in kept})} groups "
+          f"({share:.1%} of kept images have a variant or near-duplicate sibling)")
     for k, n in sorted(Counter(kind(r["reason"]) for r in rejects).items()):
         print(f"  rejected {k}: {n}")
     if unmatched:

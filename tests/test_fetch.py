@@ -10,10 +10,12 @@ import sys
 import tarfile
 import threading
 from collections import Counter
+from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
+from conftest import ROOT, SAMPLE_ARCHIVE, committed_params, needs_sample
 from iconforge.dataset import archive
 from stages import fetch
 
@@ -55,11 +57,16 @@ def make_archive(path, extra=(), extra_first=False, top=TOP):
     return path
 
 
+def write_params(repo: Path, **fetch_params) -> None:
+    """params.yaml in `repo`: the committed fetch section with `fetch_params` replaced."""
+    repo.mkdir(parents=True, exist_ok=True)
+    section = dict(committed_params()["fetch"], timeout_s=5, **fetch_params)
+    (repo / "params.yaml").write_text(yaml.safe_dump({"fetch": section}))
+
+
 def run_stage(repo, url, sha256="", retries=1, revision=""):
     """Run the real stage module in `repo` (its cwd) with a params.yaml naming `url`."""
-    repo.mkdir(parents=True, exist_ok=True)
-    (repo / "params.yaml").write_text(f"fetch:\n  url: '{url}'\n  sha256: '{sha256}'\n  revision: '{revision}'\n"
-                                      f"  timeout_s: 5\n  retries: {retries}\n")
+    write_params(repo, url=url, sha256=sha256, revision=revision, retries=retries)
     cwd = os.getcwd()
     os.chdir(repo)
     try:
@@ -270,8 +277,7 @@ def test_http_errors(tmp_path, serve):
 
 def test_stage_subprocess_exits_cleanly_on_hostile_archive(tmp_path):
     src = make_archive(tmp_path / "evil.tar.gz", [(f"{TOP}/static/icons/../../escaped.svg", SVG)])
-    (tmp_path / "params.yaml").write_text(
-        "fetch:\n  url: evil.tar.gz\n  sha256: ''\n  revision: ''\n  timeout_s: 5\n  retries: 0\n")
+    write_params(tmp_path, url="evil.tar.gz", sha256="", revision="", retries=0)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     p = subprocess.run([sys.executable, "-m", "stages.fetch"], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=120)

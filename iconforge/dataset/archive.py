@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import re
 import sys
 import tarfile
@@ -21,7 +22,6 @@ from urllib.request import url2pathname
 import requests
 from tqdm import tqdm
 
-from iconforge.atomic import atomic_file
 from iconforge.errors import StageError
 from iconforge.paths import repo_root
 
@@ -38,11 +38,12 @@ class ArchiveError(StageError):
     """The archive is missing, unreachable, corrupt or hostile; the message names it and why."""
 
 
-def locate(source: str, workdir: Path, timeout_s: float, retries: int) -> Path:
-    """Local path of the archive `source` names: http(s) URLs are downloaded into `workdir`."""
+def locate(source: str, workdir: Path, timeout_s: float, retries: int, *, name: str = "archive.tar.gz",
+           what: str = "archive") -> Path:
+    """Local path of the file `source` names: http(s) URLs are downloaded to `workdir`/`name`."""
     url = urlparse(source)
     if url.scheme in ("http", "https"):
-        return download(source, workdir / "archive.tar.gz", timeout_s, retries)
+        return download(source, workdir / name, timeout_s, retries)
     if url.scheme == "file":
         if url.netloc not in ("", "localhost"):
             raise ArchiveError(f"{source}: file:// URL must name a local absolute path")
@@ -52,22 +53,45 @@ def locate(source: str, workdir: Path, timeout_s: float, retries: int) -> Path:
     else:
         raise ArchiveError(f"{source}: unsupported URL scheme {url.scheme!r} (use https://, file:// or a path)")
     if not path.is_file():
-        raise ArchiveError(f"{source}: archive file not found (looked for {path})")
+        raise ArchiveError(f"{source}: {what} file not found (looked for {path})")
     return path
 
 
+class _Incomplete(requests.RequestException):
+    """The connection ended before Content-Length bytes arrived: retried, resuming."""
+
+
 def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
-    """Stream `url` into `dest`, retrying transient failures with exponential backoff."""
+    """Stream `url` into `dest`, retrying transient failures with exponential backoff.
+
+    Bytes land in `dest`.part first; a retry, or a later run while that file is kept, asks
+    for the rest only (HTTP Range) and appends when the server answers 206. `dest` appears
+    only once the whole body has arrived.
+    """
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
+        have = part.stat().st_size if part.exists() else 0
         try:
-            with requests.get(url, stream=True, timeout=timeout_s) as r:
+            with requests.get(url, stream=True, timeout=timeout_s,
+                              headers={"Range": f"bytes={have}-"} if have else {}) as r:
+                if r.status_code == 416:  # our partial file is no prefix of theirs: start over
+                    part.unlink()
+                    raise _Incomplete("range of a stale partial download refused (416)")
                 r.raise_for_status()
-                total = int(r.headers.get("Content-Length", 0)) or None
-                with atomic_file(dest, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                                        desc="download") as bar:
+                resumed = r.status_code == 206
+                have = have if resumed else 0
+                length = int(r.headers.get("Content-Length", 0)) or None
+                total = length and length + have
+                with open(part, "ab" if resumed else "wb") as f, tqdm(
+                        total=total, initial=have, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:
                     for chunk in r.iter_content(CHUNK):
                         f.write(chunk)
                         bar.update(len(chunk))
+                got = part.stat().st_size
+                if total and got < total:
+                    raise _Incomplete(f"connection closed at {got} of {total} bytes")
+            os.replace(part, dest)
             return dest
         except requests.RequestException as e:
             status = e.response.status_code if e.response is not None else None

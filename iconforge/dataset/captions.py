@@ -14,6 +14,7 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from iconforge.config import CaptionConfig
+from iconforge.dataset import logo_text
 from iconforge.dataset.names import PART_SUFFIXES, parse, words
 from iconforge.dataset.imagefolder import write_metadata
 from iconforge.dataset.selection import kind
@@ -46,8 +47,17 @@ def category_words(category: str) -> str:
 
 
 def caption(row: dict[str, str], cfg: CaptionConfig) -> str:
-    return cfg.template.format(trigger=cfg.trigger, name=name_words(row["name"]),
-                               category=category_words(row["category"])).strip()
+    """caption.template filled in. A logo row (it has a `text`) gives name, keywords and category
+    parsed from its description and {text} (its tail dropped with caption.drop_boilerplate); an icon
+    gives its name and category in words, {keywords} empty and {text} = {name}."""
+    if "text" in row:
+        logo = logo_text.parse(row["text"])
+        fields = dict(name=logo.name, keywords=logo.keywords, category=logo.category,
+                      text=logo.core if cfg.drop_boilerplate else " ".join(row["text"].split()))
+    else:
+        name = name_words(row["name"])
+        fields = dict(name=name, keywords="", category=category_words(row["category"]), text=name)
+    return cfg.template.format(trigger=cfg.trigger, **fields).strip()
 
 
 def png_path(svg_path: str) -> str:

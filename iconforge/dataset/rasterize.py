@@ -1,5 +1,6 @@
-"""Render many SVGs in parallel, each in a worker bounded in time and memory,
-and keep a content-hash cache so a re-run renders only icons that changed.
+"""Render many SVGs (or normalise raster images: a parquet dataset's rows, any file not named
+.svg) in parallel, each in a worker bounded in time and memory, and keep a content-hash cache
+so a re-run renders only images that changed.
 
 A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
@@ -25,7 +26,14 @@ from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, write_bytes, write_text
 from iconforge.config import RasterizeConfig
+from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
+
+IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the image count
+# Raster images (a few ms each) go to the workers in batches, so that per-task overhead does not
+# dominate; a batch that times out or crashes is retried one image per task, which then carries
+# the per-image bounds and names the culprit. SVGs go one per task.
+RASTER_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -52,9 +60,14 @@ class Summary:
         return "\n".join(lines)
 
 
-def cache_key(data: bytes, size: int, margin: float, renderer: str) -> str:
+def is_svg(path: str) -> bool:
+    return path.lower().endswith(".svg")
+
+
+def cache_key(data: bytes, size: int, margin: float, renderer: str, svg: bool = True) -> str:
+    versions = (RENDERER_VERSIONS[renderer], SANITIZER_VERSION) if svg else ("raster", raster.NORMALISER_VERSION)
     h = hashlib.sha256()
-    for part in (RENDERER_VERSIONS[renderer], SANITIZER_VERSION, str(size), repr(margin)):
+    for part in (*versions, str(size), repr(margin)):
         h.update(part.encode() + b"\0")
     h.update(data)
     return h.hexdigest()
@@ -97,12 +110,19 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _render_file(svg_file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
+def _render_files(files: list[str], size: int, margin: float, renderer: str, max_memory_mb: int) -> list[Outcome]:
     """Runs in a worker process."""
+    return [_render_file(f, size, margin, renderer, max_memory_mb) for f in files]
+
+
+def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
     try:
-        raster = render(Path(svg_file).read_bytes(), size, margin, renderer)
-        return Outcome(raster.png, dark=raster.background == DARK)
-    except SvgError as e:
+        data = Path(file).read_bytes()
+        if not is_svg(file):
+            return Outcome(raster.normalise(data, size, margin))
+        drawn = render(data, size, margin, renderer)
+        return Outcome(drawn.png, dark=drawn.background == DARK)
+    except (SvgError, raster.RasterError) as e:
         return Outcome(None, str(e))
     except MemoryError:
         return Outcome(None, f"out of memory (limit {max_memory_mb} MB)", cacheable=False)
@@ -125,7 +145,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             raise ValueError(f"{p}: path must be relative and stay inside {raw_dir}")
     cache = RasterCache(cache_dir)
     summary = Summary()
-    keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin, cfg.renderer) for p in paths}
+    keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin, cfg.renderer, is_svg(p))
+            for p in tqdm(paths, desc="hash", unit="image")}
     with atomic_dir(png_dir) as out:
 
         def store(path: str, outcome: Outcome | Path, dark: bool) -> None:
@@ -158,23 +179,39 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
         # Workers fork from a clean forkserver, not from this process: their address-space
         # limit must not count what the caller has mapped (torch alone maps ~3 GB).
         context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["iconforge.dataset.svg"])
+        context.set_forkserver_preload(["iconforge.dataset.svg", "iconforge.dataset.raster"])
         with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
-                         context=context) as pool:
-            futures = {pool.schedule(_render_file, args=(str(raw_dir / p), cfg.size, cfg.margin, cfg.renderer,
-                                                         cfg.max_memory_mb), timeout=cfg.timeout_s): p for p in todo}
-            for fut in tqdm(concurrent.futures.as_completed(futures), total=len(futures),
-                            desc="rasterize", unit="icon"):
-                path = futures.pop(fut)  # let the future and its PNG bytes be freed
-                try:
-                    outcome = fut.result()
-                except concurrent.futures.TimeoutError:  # pebble killed the worker
-                    outcome = Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
-                except ProcessExpired as e:  # segfault, Rust abort, or killed from outside
-                    outcome = Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)
-                cache.put(keys[path], outcome)
-                store(path, outcome, outcome.dark)
-                summary.rendered += outcome.png is not None
+                         context=context) as pool, tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
+            svgs = [p for p in todo if is_svg(p)]
+            rasters = [p for p in todo if not is_svg(p)]
+            tasks = collections.deque([[p] for p in svgs] + [rasters[i:i + RASTER_BATCH]
+                                                             for i in range(0, len(rasters), RASTER_BATCH)])
+            futures: dict = {}
+            while tasks or futures:
+                # Schedule a bounded window, not every image at once: memory stays flat at 400k rows.
+                while tasks and len(futures) < workers * IN_FLIGHT_PER_WORKER:
+                    batch = tasks.popleft()
+                    futures[pool.schedule(_render_files, args=([str(raw_dir / p) for p in batch], cfg.size,
+                                                               cfg.margin, cfg.renderer, cfg.max_memory_mb),
+                                          timeout=cfg.timeout_s)] = batch
+                done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+                for fut in done:
+                    batch = futures.pop(fut)  # let the future and its PNG bytes be freed
+                    try:
+                        outcomes = fut.result()
+                    except (concurrent.futures.TimeoutError, ProcessExpired) as e:
+                        if len(batch) > 1:  # find the culprit: one image per task
+                            tasks.extend([p] for p in batch)
+                            continue
+                        outcomes = [Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
+                                    if isinstance(e, concurrent.futures.TimeoutError)  # pebble killed the worker
+                                    # segfault, Rust abort, or killed from outside
+                                    else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
+                    for path, outcome in zip(batch, outcomes):
+                        cache.put(keys[path], outcome)
+                        store(path, outcome, outcome.dark)
+                        summary.rendered += outcome.png is not None
+                        bar.update()
     summary.dark.sort()
     summary.evicted = cache.evict(set(keys.values()))
     return summary

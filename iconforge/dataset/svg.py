@@ -33,6 +33,8 @@ from cairosvg.url import fetch
 from lxml import etree
 from PIL import Image, ImageChops
 
+from iconforge.dataset.raster import PNG_COMPRESS_LEVEL, WHITE
+
 # Bump when sanitize/render change their output: it is part of the cache key.
 # 2: drawn on transparent, white-only marks flattened onto dark grey, blank = nothing visible.
 SANITIZER_VERSION = "3"
@@ -41,10 +43,6 @@ RENDERER_VERSIONS = {
     "cairosvg": f"cairosvg {cairosvg.__version__}, cairo {cairocffi.cairo_version_string()}, pillow {PIL.__version__}",
     "resvg": f"resvg {resvg.__version__}, pillow {PIL.__version__}",
 }
-# zlib level 1: ~2x faster than Pillow's default 6 for ~15% bigger icon PNGs.
-PNG_COMPRESS_LEVEL = 1
-
-WHITE = (255, 255, 255)
 DARK = (64, 64, 64)  # behind a white-only mark (white on white is invisible): contrast ~10:1
 _INK = 32  # a pixel shows on white when a channel is this much below 255
 _INK_SHARE = 0.005  # below this share of drawn pixels showing on white, the mark is white-only

@@ -7,6 +7,7 @@ would measure memorisation. So variants share a group and a group shares a split
 from __future__ import annotations
 
 import hashlib
+from typing import Callable
 
 from iconforge.dataset.names import parse
 
@@ -22,9 +23,10 @@ def _unit(seed: int, group: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def assign_splits(rows: list[dict[str, str]], val_fraction: float, seed: int) -> list[dict[str, str]]:
+def assign_splits(rows: list[dict[str, str]], val_fraction: float, seed: int,
+                  group_of: Callable[[dict], str] = group_key) -> list[dict[str, str]]:
     """Rows with `group` and `split` (train|validation) added; whole groups go to one split."""
-    groups = {r["path"]: group_key(r) for r in rows}
+    groups = {r["path"]: group_of(r) for r in rows}
     units = {g: _unit(seed, g) for g in sorted(set(groups.values()))}
     val = {g for g, u in units.items() if u < val_fraction}
     if val_fraction > 0 and not val and len(units) > 1:

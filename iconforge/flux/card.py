@@ -45,7 +45,8 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         instance_prompt=trigger, widget=[{"text": p, "output": {"url": GRID_PNG}} for p in prompts[:1]], **licenses)
     # What the adapter learned from: the train split (validation icons were only compared against).
     trained_on = {lic: c["train"] for lic, c in data_metrics["dataset"]["by_license"].items() if c["train"]}
-    by_license = {lic: n for lic, n in trained_on.items() if LICENSES[lic].needs_attribution}
+    # A parquet dataset's license (filter.dataset_license) is not one of the icons': credit it to be safe.
+    by_license = {lic: n for lic, n in trained_on.items() if lic not in LICENSES or LICENSES[lic].needs_attribution}
     smoke = bool(eval_metrics.get("smoke"))
     split = data_metrics["dataset"]["by_split"]
     example = prompts[0]
