@@ -29,14 +29,16 @@ def one_line(out: subprocess.CompletedProcess, stage: str) -> str:
 
 # (stage, files to make first: {path: content}, the expected line)
 CASES = [
-    ("filter_license", {}, f"filter_license: data/manifest.csv: {MISSING}"),
-    ("filter_license", {"data/manifest.csv": "path,license,category,author,name,bytes,sha256\n"},
-     f"filter_license: data/source.json: {MISSING}"),
+    ("filter_license", {}, f"filter_license: data/source.json: {MISSING}"),
+    ("filter_license", {"data/source.json": '{"sha256": "0", "top_folder": "t", "commit": "c"}'},
+     f"filter_license: data/manifest.csv: {MISSING}"),
     ("rasterize", {}, f"rasterize: data/filtered.csv: {MISSING}"),
     ("caption", {}, f"caption: data/filtered.csv: {MISSING}"),
     ("base", {}, f"base: data/dataset/train: {MISSING}"),
     ("train_lora", {}, f"train_lora: data/dataset/train: {MISSING}"),
-    ("train_lora", {"data/dataset/train/metadata.jsonl": ""}, f"train_lora: models/base/base.json: {MISSING}"),
+    ("train_lora", {"data/dataset/train/metadata.jsonl": ""}, f"train_lora: data/dataset/validation: {MISSING}"),
+    ("train_lora", {"data/dataset/train/metadata.jsonl": "", "data/dataset/validation/metadata.jsonl": ""},
+     f"train_lora: models/base/base.json: {MISSING}"),
     ("sample", {"models/lora/pytorch_lora_weights.safetensors": "", "models/run.json": '{"run_id": "abc"}'},
      f"sample: data/dataset/validation/metadata.jsonl: {MISSING}"),
     ("sample", {"models/lora/pytorch_lora_weights.safetensors": "", "models/run.json": '{"run_id": "abc"}',
