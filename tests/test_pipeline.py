@@ -51,8 +51,7 @@ def repo(tiny_repo, tmp_path) -> Path:
                                 ignore=shutil.ignore_patterns("mlflow.db", "mlartifacts")))
 
 
-def test_full_pipeline_is_reproduced_within_five_minutes_and_up_to_date(tiny_repo):
-    assert float((tiny_repo.parent / "repro_seconds").read_text()) < 300
+def test_full_pipeline_is_reproduced_and_up_to_date(tiny_repo):
     assert "Data and pipelines are up to date" in dvc(tiny_repo, "status")
     lock = (tiny_repo / "dvc.lock").read_text(encoding="utf-8")
     assert all(f"  {stage}:" in lock for stage in ALL_STAGES)
