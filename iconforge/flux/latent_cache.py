@@ -30,14 +30,14 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors.torch import load, save
 
 from iconforge.atomic import write_bytes
 from iconforge.errors import StageError
 from iconforge.flux.models import model_source, read_base
+from iconforge.flux.vae import vae_input
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FluxPipeline's default at inference
 EMPTY_CAPTION = ""
@@ -85,15 +85,10 @@ def encoder_fingerprint(base_dir: Path) -> str:
 
 
 def load_image(path: Path, resolution: int) -> torch.Tensor:
-    """RGB in [-1, 1], CHW, at `resolution` square: transparency over white, as icons are shown."""
+    """The image file as VAE pixels (iconforge.flux.vae.vae_input: transparency over white, padded square)."""
     with Image.open(path) as im:
         im.load()
-        rgba = im.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    rgb = Image.alpha_composite(white, rgba).convert("RGB")
-    rgb = ImageOps.pad(rgb, (resolution, resolution), method=Image.Resampling.LANCZOS, color=(255, 255, 255))
-    arr = np.asarray(rgb, dtype=np.float32) / 127.5 - 1.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+        return vae_input(im, resolution)
 
 
 @dataclass
