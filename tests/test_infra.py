@@ -7,21 +7,17 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import boto3
 import mlflow
 import pytest
-import requests
 import yaml
 from moto.server import ThreadedMotoServer
 
 from conftest import SAMPLE_ARCHIVE
+from mlflow_server import MlflowServer
 from iconforge import paths
 from iconforge.tracking import tracking_uri
 from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
@@ -31,12 +27,6 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "iconforge-test-key", "AWS_SECRET_ACCESS_KEY": "i
           "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "iconforge"
 UP_TO_DATE = "Data and pipelines are up to date."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -64,48 +54,22 @@ def s3_endpoint():
 
 @pytest.fixture(scope="module", autouse=True)
 def _mlflow_server_process(request, tmp_path_factory):
-    """`mlflow server` on a free port with a sqlite store; clients upload artifacts through it
-    (proxied to --artifacts-destination), as they would to a remote server. Started with the
-    module, so its 10-30 s of start-up overlap the S3 test; `mlflow_server` waits for it."""
+    """The module's MLflow server, started with the module, so its 10-30 s of start-up overlap the
+    S3 test; `mlflow_server` waits for it."""
     if not any("mlflow_server" in item.fixturenames for item in request.session.items):
         yield None
         return
-    home = tmp_path_factory.mktemp("mlflow-server")
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'm.db'}",
-           "--artifacts-destination", str(home / "artifacts")]
-    # No background job runner (GenAI scorers): it forks ~7 worker processes these tests do not need.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(home / "server.log", "wb") as log:
-        # Own process group, so teardown stops uvicorn and anything else the server started.
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     try:
-        yield proc, url, home
+        yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture
 def mlflow_server(_mlflow_server_process) -> tuple[str, Path]:
     """(url, artifact folder) of the module's MLflow server, once it answers."""
-    proc, url, home = _mlflow_server_process
-    deadline = time.monotonic() + 180  # ~10 s idle; much longer on a loaded 2-core box
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return url, home / "artifacts"
-        except requests.ConnectionError:
-            pass
-        log = (home / "server.log").read_text(errors="replace")
-        assert proc.poll() is None, f"mlflow server exited {proc.returncode}:\n{log}"
-        assert time.monotonic() < deadline, f"mlflow server did not answer on {url}:\n{log}"
-        time.sleep(0.25)
+    return _mlflow_server_process.wait(), _mlflow_server_process.artifacts
 
 
 def test_push_to_s3_then_a_fresh_clone_pulls_everything_and_is_up_to_date(repo, s3_endpoint, tmp_path):

@@ -22,7 +22,6 @@ embeddings depend on the caption and dropping them would change the results.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ from PIL import Image, ImageOps
 from safetensors.torch import load, save
 
 from iconforge.atomic import write_bytes
-from iconforge.errors import StageError
+from iconforge.errors import DiskFull, StageError
 from iconforge.flux.models import model_source, read_base
 
 MAX_SEQUENCE_LENGTH = 512  # T5 tokens, FluxPipeline's default at inference
@@ -147,11 +146,9 @@ class EncodingCache:
         blob = save(tensors, metadata={CHECKSUM: hashlib.sha256(blob[8 + n:]).hexdigest()})
         try:
             write_bytes(self.path(key), blob)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise CacheError(f"{self.path(key)}: no space left to cache encodings ({len(blob)} bytes for this "
-                                 f"entry): free disk space or point train.cache_dir at a bigger disk") from e
-            raise
+        except DiskFull as e:
+            raise CacheError(f"{self.path(key)}: no space left to cache encodings ({len(blob)} bytes for this "
+                             f"entry): free disk space or point train.cache_dir at a bigger disk") from e
 
     def evict(self, keep: set[str]) -> None:
         """Delete least recently used entries until the cache fits max_bytes; `keep` is never deleted."""
