@@ -8,6 +8,8 @@ import json
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import boto3
@@ -21,6 +23,7 @@ from mlflow_server import MlflowServer
 from iconforge import paths
 from iconforge.tracking import tracking_uri
 from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
+from pipeline_repo import env as pipeline_env
 
 # Credentials reach DVC only through the environment, never through a config file.
 S3_ENV = {"AWS_ACCESS_KEY_ID": "iconforge-test-key", "AWS_SECRET_ACCESS_KEY": "iconforge-test-secret",
@@ -166,3 +169,54 @@ def test_queued_experiments_log_to_the_repo_store_and_are_findable_both_ways(rep
     assert exps["rank8"]["data"]["params"]["params.yaml"]["data"]["fetch"]["url"] == relative_archive
 
     assert len(client.search_runs([mlrun.info.experiment_id])) == 2
+
+
+def queue_done(repo: Path, timeout: float = 900) -> str:
+    """`dvc queue status` once no task is queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dvc(repo, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+
+
+def test_two_queue_workers_log_to_one_server_and_a_second_repro_is_refused(repo, mlflow_server):
+    url, _ = mlflow_server
+    names = {"par4": 4, "par8": 8}
+    for name, rank in names.items():
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", f"train.rank={rank}")
+    dvc(repo, "queue", "start", "-j", "2", extra_env={"MLFLOW_TRACKING_URI": url})  # workers inherit it
+    try:
+        status = queue_done(repo)
+    finally:
+        dvc(repo, "queue", "stop")
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    exps = {e["name"]: e["revs"][0] for commit in shown for e in commit.get("experiments") or []}
+    assert set(exps) == set(names) and all(e["error"] is None for e in exps.values()), shown
+    client = mlflow.MlflowClient(url)
+    for name, rank in names.items():
+        info = json.loads(git(repo, "show", f"{exps[name]['rev']}:models/run.json"))
+        mlrun = client.get_run(info["run_id"])
+        assert info["tracking_uri"] == url and mlrun.info.status == "FINISHED"
+        assert mlrun.data.tags["dvc.exp_name"] == name and mlrun.data.params["train.rank"] == str(rank)
+        assert any(k.startswith("eval.") for k in mlrun.data.metrics), mlrun.data.metrics
+
+    # Two `dvc repro` at once in one workspace: the second is refused by DVC's lock, the first finishes.
+    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_lora"],
+                             cwd=repo, env={**pipeline_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        while "Running stage 'train_lora'" not in (line := first.stdout.readline()):
+            assert line, "the first repro ended before the second started"
+        second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=pipeline_env(),
+                                capture_output=True, text=True, timeout=300)
+        assert second.returncode != 0 and "Unable to acquire lock" in second.stderr, second.stderr
+        rest = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, rest
+    status = json.loads(dvc(repo, "status", "--json"))
+    assert "train_lora" not in status and "changed outs" not in json.dumps(status), status
