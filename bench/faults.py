@@ -32,7 +32,7 @@ import mlflow  # noqa: E402
 
 from mlflow_server import MlflowServer, free_port  # noqa: E402
 from test_faults import STEP_10, kill_when, last_line, start_stage  # noqa: E402
-from train_setup import make_repo  # noqa: E402
+from train_setup import make_repo, stage_env  # noqa: E402
 
 SEED = 13
 STEPS = 40
@@ -54,6 +54,17 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="iconforge-faults-"))
     (work / "server").mkdir()
     server = MlflowServer(work / "server").start()
+    try:
+        rows = measure(work, server)
+    finally:
+        server.stop()
+    print("| fault | seconds lost (wall time vs baseline) | steps redone | longest gap between steps | data lost | outcome |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
+
+
+def measure(work: Path, server: MlflowServer) -> list[tuple[str, ...]]:
     url = server.wait()
     rows = []
 
@@ -82,9 +93,11 @@ def main() -> None:
     rc, err = finish(p)
     took = time.monotonic() - t0
     server.start().wait()
-    sync = subprocess.run([sys.executable, "-m", "iconforge.tracking", "sync"], cwd=r, capture_output=True, text=True)
+    sync = subprocess.run([sys.executable, "-m", "iconforge.tracking", "sync"], cwd=r, env=stage_env(url),
+                          capture_output=True, text=True)
+    assert sync.returncode == 0, sync.stderr
     rows.append(("tracking server SIGKILLed at step 10, down to the end", f"{took - base_s:+.0f} s", "0",
-                 f"{stall_s(url, r):.1f} s", "nothing (sent by `sync` once back)" if sync.returncode == 0 else "SYNC FAILED",
+                 f"{stall_s(url, r):.1f} s", "nothing (sent by `sync` once back)",
                  f"exit {rc}"))
 
     r = repo("kill")
@@ -109,12 +122,7 @@ def main() -> None:
     rows.append(("disk full at the step-20 checkpoint (after a kill at step 10)", f"{time.monotonic() - t0 - base_s:+.0f} s",
                  "10 (since step 10)", "-", "nothing (step-10 checkpoint intact)",
                  f"exit {rc1}: `{last_line(err1)[:70]}...`, then exit {rc}"))
-    server.stop()
-
-    print("| fault | seconds lost (wall time vs baseline) | steps redone | longest gap between steps | data lost | outcome |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for row in rows:
-        print("| " + " | ".join(row) + " |")
+    return rows
 
 
 if __name__ == "__main__":

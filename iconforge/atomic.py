@@ -26,7 +26,7 @@ def _mb(n: int) -> str:
 def _disk_full(e: OSError, dest: Path, needed: int | None, written: int) -> DiskFull:
     need = f"{_mb(needed)} needed" if needed else f"more than the {_mb(written)} written before it failed"
     free = shutil.disk_usage(dest.parent).free
-    return DiskFull(f"{dest}: no space left to write it ({e.strerror}: {e.filename or dest}; {need}, {_mb(free)} "
+    return DiskFull(f"{dest}: no space left to write it ({e.strerror}; {need}, {_mb(free)} "
                     f"free on its disk); free space and rerun (finished outputs and checkpoints are intact)")
 
 

@@ -239,7 +239,9 @@ class Tracker:
                     else:
                         self.error = _one_line(e)
                         self._failing_since = self._failing_since or time.monotonic()
-                        self._cond.wait(RETRY_S)
+                        retry = time.monotonic() + RETRY_S  # new calls do not hasten it; close() does
+                        while not self._closed and time.monotonic() < retry:
+                            self._cond.wait(retry - time.monotonic())
                         continue
             with self._cond:
                 if self._ops and self._ops[0] is op:  # close() may have written it out meanwhile

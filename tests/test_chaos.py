@@ -30,8 +30,10 @@ from test_contract import dvc_stages
 
 SEED = 13
 KILLS = 2
-# What describes how a training went rather than what it produced: timings, resumption, cache use.
-RUN_KEYS = {"seconds_per_step", "images_per_s", "peak_memory_mb", "total_seconds", "resumed_from_step"}
+# What describes how a run went rather than what it produced: timings, resumption, cache use, the
+# MLflow run and the commit it ran at (tiny_repo's outputs were committed after they were made).
+RUN_KEYS = {"seconds_per_step", "images_per_s", "peak_memory_mb", "total_seconds", "resumed_from_step", "run_id",
+            "git_commit"}
 # Outputs naming their run (a new MLflow run id each time): put back after their stage, as their
 # content is checked here, so later stages see the same inputs as in tiny_repo.
 PER_RUN = (paths.RUN_JSON, paths.TRAIN_METRICS)
@@ -55,7 +57,7 @@ def content(repo: Path, out: str) -> dict[str, str] | None:
         return None
     if p.is_file() and p.suffix == ".json" and Path(out) in PER_RUN:
         d = json.loads(p.read_text(encoding="utf-8"))
-        return {k: json.dumps(v) for k, v in d.items() if k not in RUN_KEYS | {"run_id"} and not k.startswith("cache_")}
+        return {k: json.dumps(v) for k, v in d.items() if k not in RUN_KEYS and not k.startswith("cache_")}
     files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
     return {str(f.relative_to(p)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files}
 
