@@ -30,6 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # tests/ for the tiny repo and 
 
 import mlflow  # noqa: E402
 
+from iconforge import paths  # noqa: E402
 from mlflow_server import MlflowServer, free_port  # noqa: E402
 from test_faults import STEP_10, kill_when, last_line, start_stage  # noqa: E402
 from train_setup import make_repo, stage_env  # noqa: E402
@@ -44,7 +45,7 @@ def finish(p: subprocess.Popen) -> tuple[int, str]:
 
 
 def stall_s(url: str, repo: Path) -> float:
-    run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
+    run_id = json.loads((repo / paths.RUN_JSON).read_text())["run_id"]
     ts = sorted((m.step, m.timestamp) for m in mlflow.MlflowClient(url).get_metric_history(run_id, "loss"))
     assert [s for s, _ in ts] == list(range(1, STEPS + 1)), "metrics lost"
     return max(b - a for (_, a), (_, b) in zip(ts, ts[1:])) / 1000
@@ -109,7 +110,7 @@ def measure(work: Path, server: MlflowServer) -> list[tuple[str, ...]]:
     p.kill()
     _, err = p.communicate()
     done = max(int(n) for n in re.findall(rf"(\d+)/{STEPS}", err))
-    ckpt = max(int(d.name.split("-")[1]) for d in (r / "models/checkpoints").glob("step-*"))
+    ckpt = max(int(d.name.split("-")[1]) for d in (r / paths.CHECKPOINTS).glob("step-*"))
     rc, err = finish(start_stage(r, url))
     rows.append((f"train_lora SIGKILLed at step {done}", f"{time.monotonic() - t0 - base_s:+.0f} s",
                  f"{done - ckpt} (since step {ckpt})", "-", "nothing", f"exit {rc}, resumed from step {ckpt}"))

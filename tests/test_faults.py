@@ -14,11 +14,12 @@ import mlflow
 import pytest
 import yaml
 
+from iconforge import paths
 from iconforge.tracking import Tracker, TrackingError, read_run_json, resume_run, start_run, write_run_json
 from mlflow_server import MlflowServer, free_port
 from train_setup import PARAMS, leftovers, make_repo, stage_env
 
-STEP_10 = "models/checkpoints/step-00000010"
+STEP_10 = paths.CHECKPOINTS / "step-00000010"
 
 
 @pytest.fixture(scope="module")
@@ -104,10 +105,10 @@ def test_a_full_disk_stops_training_with_one_line_and_the_run_resumes_once_space
     _, err = p.communicate(timeout=600)
     assert p.returncode == 1 and "Traceback" not in err, err
     line = last_line(err)
-    assert line.startswith("train_lora: models/checkpoints/step-00000020: no space left to write it (File too large; ")
+    assert line.startswith(f"train_lora: {paths.CHECKPOINTS / 'step-00000020'}: no space left to write it (File too large; ")
     assert " MB needed, " in line and line.endswith("free space and rerun (finished outputs and checkpoints are intact)")
     assert {f.name: f.read_bytes() for f in (repo / STEP_10).iterdir()} == good  # the last good checkpoint
-    assert sorted(p.name for p in (repo / "models/checkpoints").iterdir()) == ["step-00000010"]
+    assert sorted(p.name for p in (repo / paths.CHECKPOINTS).iterdir()) == [STEP_10.name]
     assert not (repo / "models/lora").exists() and leftovers(repo) == []
 
     p = start_stage(repo, url)  # space freed
@@ -129,7 +130,7 @@ def test_a_tracking_outage_mid_training_costs_nothing_and_is_caught_up(server, t
     assert p.returncode == 0, err  # training does not end ...
     assert (repo / "models/lora").is_dir() and len((repo / "metrics/loss.csv").read_text().splitlines()) == 41
     run_id = json.loads((repo / "models/run.json").read_text())["run_id"]
-    record = repo / "mlflow-unlogged" / f"{run_id}.jsonl"
+    record = repo / paths.MLFLOW_UNLOGGED / f"{run_id}.jsonl"
     assert record.exists() and f"kept in {record}" in last_line(err), err
 
     # Logging while the store is away never waits; the queue catches up once it is back.
