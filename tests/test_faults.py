@@ -105,7 +105,8 @@ def test_a_full_disk_stops_training_with_one_line_and_the_run_resumes_once_space
     _, err = p.communicate(timeout=600)
     assert p.returncode == 1 and "Traceback" not in err, err
     line = last_line(err)
-    assert line.startswith(f"train_lora: {paths.CHECKPOINTS / 'step-00000020'}: no space left to write it (File too large; ")
+    step_20 = paths.CHECKPOINTS / "step-00000020"
+    assert line.startswith(f"train_lora: {step_20}: no space left to write it (File too large; "), line
     assert " MB needed, " in line and line.endswith("free space and rerun (finished outputs and checkpoints are intact)")
     assert {f.name: f.read_bytes() for f in (repo / STEP_10).iterdir()} == good  # the last good checkpoint
     assert sorted(p.name for p in (repo / paths.CHECKPOINTS).iterdir()) == [STEP_10.name]
