@@ -207,7 +207,8 @@ def test_two_queue_workers_log_to_one_server_and_a_second_repro_is_refused(repo,
 
     # Two `dvc repro` at once in one workspace: the second is refused by DVC's lock, the first finishes.
     first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_lora"],
-                             cwd=repo, env={**pipeline_env(), "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             cwd=repo, env={**pipeline_env(), "PYTHONUNBUFFERED": "1"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         while "Running stage 'train_lora'" not in (line := first.stdout.readline()):
             assert line, "the first repro ended before the second started"
