@@ -6,7 +6,9 @@ whole process group) at KILLS seeded random points of T, each followed by a look
 run left: every output is absent or complete, never partial. Then it reruns, and its outputs must be
 byte-identical to the uninterrupted run's. As DVC does, each run starts with the stage's outputs
 removed, except the persistent ones (the raster cache, the checkpoints), which the next run reuses.
-About 3 T per stage: ~3 min for the whole pipeline on 2 cores.
+About 3 T per stage: 610 s for the whole pipeline measured on the shared 2-core dev box at load
+average ~8; on 2 idle cores ~3 x the ~60 s of one tiny `dvc repro`, about 3 min (estimated).
+Lower KILLS to 1 if CI needs it cheaper.
 """
 from __future__ import annotations
 
