@@ -2,7 +2,9 @@
 
 Everything is written to a temporary sibling first and moved into place with
 os.replace, so an interrupted stage never leaves a half-written file that a
-later run (or DVC) would mistake for a finished one.
+later run (or DVC) would mistake for a finished one. A write that fails for
+lack of space leaves the previous `dest` as it was and becomes a DiskFull
+naming `dest` and the space it needed.
 """
 from __future__ import annotations
 
@@ -14,15 +16,35 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from iconforge.errors import NO_SPACE, DiskFull
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.1f} MB"
+
+
+def _disk_full(e: OSError, dest: Path, needed: int | None, written: int) -> DiskFull:
+    need = f"{_mb(needed)} needed" if needed else f"more than the {_mb(written)} written before it failed"
+    free = shutil.disk_usage(dest.parent).free
+    return DiskFull(f"{dest}: no space left to write it ({e.strerror}; {need}, {_mb(free)} "
+                    f"free on its disk); free space and rerun (finished outputs and checkpoints are intact)")
+
 
 @contextlib.contextmanager
-def atomic_dir(dest: Path) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces `dest` on success."""
+def atomic_dir(dest: Path, needed: int | None = None) -> Iterator[Path]:
+    """Yield an empty temporary directory that replaces `dest` on success (`needed`: its expected
+    size in bytes, for the message if the disk is full)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        yield tmp
+        try:
+            yield tmp
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            written = sum(f.stat().st_size for f in tmp.rglob("*") if f.is_file())
+            raise _disk_full(e, dest, needed, written) from e
         if dest.exists():
             old = dest.with_name(f".{dest.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -36,14 +58,19 @@ def atomic_dir(dest: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_file(dest: Path, mode: str = "w") -> Iterator:
+def atomic_file(dest: Path, mode: str = "w", needed: int | None = None) -> Iterator:
     """Yield a file object whose content replaces `dest` when closed cleanly."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
     try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
-            yield f
+        try:
+            with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:
+                yield f
+        except OSError as e:
+            if e.errno not in NO_SPACE:
+                raise
+            raise _disk_full(e, dest, needed, os.path.getsize(tmp)) from e
         os.replace(tmp, dest)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -56,7 +83,7 @@ def write_text(dest: Path, text: str) -> None:
 
 
 def write_bytes(dest: Path, data: bytes) -> None:
-    with atomic_file(dest, "wb") as f:
+    with atomic_file(dest, "wb", needed=len(data)) as f:
         f.write(data)
 
 

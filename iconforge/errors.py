@@ -6,9 +6,13 @@ and exits 1. Any other exception is a bug and keeps its traceback.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import sys
 from typing import Callable
+
+# What a write fails with when the disk (or quota, or the process's file size limit) is full.
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 # torchao (train.quantize: int8) is imported by diffusers whenever it is installed, and on torch 2.14 it logs
 # import-time warnings (its enums, torchao tensor types diffusers looks for) that concern nothing a stage does
@@ -29,8 +33,17 @@ class MissingInput(StageError, FileNotFoundError):
     """An input file is missing; the message names it and the stage that writes it."""
 
 
+class DiskFull(StageError, OSError):
+    """A write failed for lack of space; the message names the path and the space it needed."""
+
+
 def run_stage(name: str, main: Callable[[], object]) -> None:
     try:
         main()
     except StageError as e:
         sys.exit(f"{name}: {e}")
+    except OSError as e:
+        if e.errno not in NO_SPACE:
+            raise
+        # A write outside iconforge.atomic (a library's own file): the path, if the OS named one.
+        sys.exit(f"{name}: {e.filename or 'a write'}: no space left ({e.strerror}); free space and rerun")

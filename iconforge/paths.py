@@ -76,6 +76,7 @@ CARD_GRID = LORA / GRID_PNG
 # Beside the pipeline, in the repository root: the default MLflow store and its artifacts.
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
+MLFLOW_UNLOGGED = "mlflow-unlogged"  # what a stage could not log (store unreachable), until `python -m iconforge.tracking sync`
 
 
 def repo_root() -> Path:

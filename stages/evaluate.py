@@ -19,7 +19,6 @@ def _flat(d: dict, prefix: str = "eval") -> dict[str, float]:
 def main() -> None:
     cfg = load(EvaluateConfig)
     # Imported only now, so a params typo is reported at once, not after ~15 s of torch/open_clip/mlflow imports.
-    import mlflow
     import torch
 
     from iconforge.atomic import write_json
@@ -30,10 +29,11 @@ def main() -> None:
     from iconforge.evaluate.style import METRICS
     from iconforge.flux.models import TINY, read_base
     from iconforge.tables import write_csv
-    from iconforge.tracking import read_run_json, resume_run
+    from iconforge.tracking import check_run_store, read_run_json, resume_run
 
     index = read_index(paths.SAMPLES_INDEX)
     run = read_run_json(paths.RUN_JSON)
+    check_run_store(run)
     smoke = read_base(paths.BASE)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
@@ -48,10 +48,10 @@ def main() -> None:
         summary["note"] = SMOKE_NOTE
     write_json(paths.EVAL_METRICS, summary)
     write_csv(paths.EVAL_PER_PROMPT, rows, ["prompt", "kind", "seed", "clip_score", *METRICS])
-    with resume_run(run, "evaluate"):
-        mlflow.log_metrics(_flat({k: summary[k] for k in ("lora", "base", "real", "gap", "latent_mmd")}))
-        mlflow.log_artifact(str(paths.EVAL_METRICS), artifact_path="metrics")
-        mlflow.log_artifact(str(paths.EVAL_PER_PROMPT), artifact_path="metrics")
+    with resume_run(run, "evaluate") as tracker:  # the metrics files are written whatever the store does
+        tracker.log_metrics([(0, _flat({k: summary[k] for k in ("lora", "base", "real", "gap", "latent_mmd")}))])
+        tracker.log_artifact(paths.EVAL_METRICS, "metrics")
+        tracker.log_artifact(paths.EVAL_PER_PROMPT, "metrics")
     print(f"evaluate: CLIP score lora {summary['lora']['clip_score']:.2f} / base {summary['base']['clip_score']:.2f}, "
           f"CMMD lora {summary['lora']['cmmd']:.3f} / base {summary['base']['cmmd']:.3f}"
           + (" (smoke run: random CLIP, no meaning)" if smoke else "")

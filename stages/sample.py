@@ -8,25 +8,24 @@ def main() -> None:
     cfg = load(SampleConfig)
     trigger = load_field(CaptionConfig, "trigger")  # prompts are wrapped as training captions were
     # Imported only now, so a params typo is reported at once, not after ~15 s of torch/diffusers/mlflow imports.
-    import mlflow
-
     from iconforge.atomic import atomic_dir
     from iconforge.dataset.imagefolder import read_metadata
     from iconforge.evaluate.sampling import build_prompts, pick_device, render_base_and_lora, write_samples
     from iconforge.flux.models import load_pipeline
     from iconforge.tables import require
-    from iconforge.tracking import read_run_json, resume_run
+    from iconforge.tracking import check_run_store, read_run_json, resume_run
 
     require(paths.LORA_FILE)
     run = read_run_json(paths.RUN_JSON)
+    check_run_store(run)
     prompts = build_prompts(cfg, trigger, read_metadata(paths.VALIDATION_METADATA.parent))  # captions only
     device, dtype = pick_device()
     pipe = load_pipeline(paths.BASE, device, dtype)
     base, lora = render_base_and_lora(pipe, paths.LORA_FILE, prompts, cfg)
     with atomic_dir(paths.SAMPLES) as out:
         write_samples(out, prompts, base, lora, cfg)
-    with resume_run(run, "sample"):
-        mlflow.log_artifact(str(paths.SAMPLES_GRID), artifact_path="samples")
+    with resume_run(run, "sample") as tracker:  # samples/ is written whatever the store does
+        tracker.log_artifact(paths.SAMPLES_GRID, "samples")
     print(f"sample: {len(prompts)} prompts x (base, LoRA) on {device} -> {paths.SAMPLES}/ (grid.png, svg/)")
 
 

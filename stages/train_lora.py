@@ -13,6 +13,8 @@ from iconforge.errors import run_stage
 
 def main() -> None:
     train_cfg = load(TrainConfig)
+    from iconforge.tracking import check_reachable, tracking_uri
+    check_reachable(tracking_uri())  # a tracking server that is down: one line now, not after the setup
     # Imported only now, so a params typo is reported at once, not after ~10 s of torch/diffusers imports.
     from iconforge.flux.models import read_base
     from iconforge.flux.train import Paths, make_accelerator, preflight, train

@@ -126,7 +126,7 @@ def test_a_full_disk_is_one_line_naming_the_entry(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1 and "Traceback" not in out.stderr, out.stderr
     entry = tmp_path / "c" / "ab" / f"{'ab' * 32}.safetensors"
-    assert out.stderr.startswith(f"train_lora: {entry}: no space left to cache encodings"), out.stderr
+    assert out.stderr.startswith(f"train_lora: {entry}: no space left to write it"), out.stderr
     assert not entry.exists() and not [f for f in (tmp_path / "c").rglob("*") if f.is_file()]  # nothing partial
 
 

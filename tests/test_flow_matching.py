@@ -11,7 +11,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState, GradientState
-from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler
 
 from iconforge.config import TrainConfig, build
 from iconforge.flux.latent_cache import MAX_SEQUENCE_LENGTH

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,14 +15,15 @@ from pathlib import Path
 import boto3
 import mlflow
 import pytest
-import requests
 import yaml
 from moto.server import ThreadedMotoServer
 
 from conftest import SAMPLE_ARCHIVE
+from mlflow_server import MlflowServer
 from iconforge import paths
 from iconforge.tracking import tracking_uri
 from pipeline_repo import MODEL_STAGES, dvc, git, ran_stages, run
+from pipeline_repo import env as pipeline_env
 
 # One xdist worker builds the session's tiny_repo and runs every test that copies it.
 pytestmark = pytest.mark.xdist_group("tiny_repo")
@@ -35,12 +34,6 @@ S3_ENV = {"AWS_ACCESS_KEY_ID": "iconforge-test-key", "AWS_SECRET_ACCESS_KEY": "i
           "AWS_DEFAULT_REGION": "us-east-1"}
 BUCKET = "iconforge"
 UP_TO_DATE = "Data and pipelines are up to date."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -68,48 +61,22 @@ def s3_endpoint():
 
 @pytest.fixture(scope="module", autouse=True)
 def _mlflow_server_process(request, tmp_path_factory):
-    """`mlflow server` on a free port with a sqlite store; clients upload artifacts through it
-    (proxied to --artifacts-destination), as they would to a remote server. Started with the
-    module, so its 10-30 s of start-up overlap the S3 test; `mlflow_server` waits for it."""
+    """The module's MLflow server, started with the module, so its 10-30 s of start-up overlap the
+    S3 test; `mlflow_server` waits for it."""
     if not any("mlflow_server" in item.fixturenames for item in request.session.items):
         yield None
         return
-    home = tmp_path_factory.mktemp("mlflow-server")
-    url = f"http://127.0.0.1:{free_port()}"
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", url.rsplit(":", 1)[1],
-           "--workers", "1", "--backend-store-uri", f"sqlite:///{home / 'm.db'}",
-           "--artifacts-destination", str(home / "artifacts")]
-    # No background job runner (GenAI scorers): it forks ~7 worker processes these tests do not need.
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    with open(home / "server.log", "wb") as log:
-        # Own process group, so teardown stops uvicorn and anything else the server started.
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow-server")).start()
     try:
-        yield proc, url, home
+        yield server
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        server.stop()
 
 
 @pytest.fixture
 def mlflow_server(_mlflow_server_process) -> tuple[str, Path]:
     """(url, artifact folder) of the module's MLflow server, once it answers."""
-    proc, url, home = _mlflow_server_process
-    deadline = time.monotonic() + 180  # ~10 s idle; much longer on a loaded 2-core box
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return url, home / "artifacts"
-        except requests.ConnectionError:
-            pass
-        log = (home / "server.log").read_text(errors="replace")
-        assert proc.poll() is None, f"mlflow server exited {proc.returncode}:\n{log}"
-        assert time.monotonic() < deadline, f"mlflow server did not answer on {url}:\n{log}"
-        time.sleep(0.25)
+    return _mlflow_server_process.wait(), _mlflow_server_process.artifacts
 
 
 def test_push_to_s3_then_a_fresh_clone_pulls_everything_and_is_up_to_date(repo, s3_endpoint, tmp_path):
@@ -206,3 +173,59 @@ def test_queued_experiments_log_to_the_repo_store_and_are_findable_both_ways(rep
     assert exps["rank8"]["data"]["params"]["params.yaml"]["data"]["fetch"]["url"] == relative_archive
 
     assert len(client.search_runs([mlrun.info.experiment_id])) == 2
+
+
+def queue_done(repo: Path, timeout: float = 900) -> str:
+    """`dvc queue status` once no task is queued or running."""
+    deadline = time.monotonic() + timeout
+    while True:
+        status = dvc(repo, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            return status
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+
+
+def test_two_queue_workers_log_to_one_server_and_a_second_repro_is_refused(repo, mlflow_server):
+    url, _ = mlflow_server
+    names = {"par4": 4, "par8": 8}
+    for name, rank in names.items():
+        dvc(repo, "exp", "run", "--queue", "-n", name, "-S", f"train.rank={rank}")
+    dvc(repo, "queue", "start", "-j", "2", extra_env={"MLFLOW_TRACKING_URI": url})  # workers inherit it
+    try:
+        status = queue_done(repo)
+    finally:
+        dvc(repo, "queue", "stop")
+    assert status.count("Success") == 2, status
+
+    shown = json.loads(dvc(repo, "exp", "show", "--json"))
+    exps = {e["name"]: e["revs"][0] for commit in shown for e in commit.get("experiments") or []}
+    assert set(exps) == set(names) and all(e["error"] is None for e in exps.values()), shown
+    client = mlflow.MlflowClient(url)
+    for name, rank in names.items():
+        info = json.loads(git(repo, "show", f"{exps[name]['rev']}:models/run.json"))
+        mlrun = client.get_run(info["run_id"])
+        assert info["tracking_uri"] == url and mlrun.info.status == "FINISHED"
+        assert mlrun.data.tags["dvc.exp_name"] == name and mlrun.data.params["train.rank"] == str(rank)
+        assert any(k.startswith("eval.") for k in mlrun.data.metrics), mlrun.data.metrics
+
+    # Two `dvc repro` at once in one workspace: the second is refused by DVC's locks, the first finishes.
+    first = subprocess.Popen([sys.executable, "-m", "dvc", "repro", "--force", "--single-item", "train_lora"],
+                             cwd=repo, env={**pipeline_env(), "PYTHONUNBUFFERED": "1"}, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        while "Running stage 'train_lora'" not in (line := first.stdout.readline()):
+            assert line, "the first repro ended before the second started"
+        second = subprocess.run([sys.executable, "-m", "dvc", "repro"], cwd=repo, env=pipeline_env(),
+                                capture_output=True, text=True, timeout=300)
+        # Refused by DVC's repo lock if the first holds it at that moment, else by the lock on the paths of
+        # the stage it runs (.dvc/tmp/rwlock), held while the stage's command runs.
+        assert second.returncode != 0 and "Running stage" not in second.stdout, second.stdout + second.stderr
+        assert "Unable to acquire lock" in second.stderr or "is busy, it is being blocked by" in second.stderr, \
+            second.stderr
+        rest = first.communicate(timeout=600)[0]
+    finally:
+        first.kill()
+    assert first.returncode == 0, rest
+    status = json.loads(dvc(repo, "status", "--json"))
+    assert "train_lora" not in status and "changed outs" not in json.dumps(status), status

@@ -199,6 +199,27 @@ def test_stage_writes_pngs_and_sorted_rejects(tmp_path):
     assert "rendered 0, from cache 8" in run_stage(repo).stdout
 
 
+def test_corrupt_cache_entries_are_rendered_again_and_reported(tmp_path):
+    paths = library(tmp_path / "src")
+    repo = stage_repo(tmp_path, tmp_path / "src", paths, 48)
+    assert run_stage(repo).returncode == 0
+    first = pngs(repo / "data/png")
+    entries = sorted((repo / "data/raster_cache").glob("*.png"))
+    truncated, flipped = entries[0], entries[1]
+    truncated.write_bytes(truncated.read_bytes()[:-40])  # an interrupted copy, a full disk
+    raw = bytearray(flipped.read_bytes())
+    raw[len(raw) // 2] ^= 0x01  # one bit of rot
+    flipped.write_bytes(bytes(raw))
+
+    r = run_stage(repo)
+    assert r.returncode == 0, r.stderr
+    assert "rendered 2, from cache 6" in r.stdout
+    healed = [line.split(": ", 1)[1] for line in r.stdout.splitlines() if "corrupt cache entry rendered again" in line]
+    assert len(healed) == 2 and set(healed) <= set(GOOD), r.stdout
+    assert pngs(repo / "data/png") == first  # the damaged bytes reached neither data/png nor the cache
+    assert "rendered 0, from cache 8" in run_stage(repo).stdout
+
+
 @needs_sample
 @pytest.mark.parametrize("renderer", RENDERERS)
 def test_sample_snapshot_renders_completely(tmp_path, renderer):

@@ -186,9 +186,9 @@ def test_mlflow_run_holds_params_loss_history_and_adapter(trained, store, monkey
 
     # sample/evaluate log into the same run through models/run.json.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
-    with resume_run(read_run_json(trained / "models/run.json"), "evaluate") as run:
-        assert run.info.run_id == info["run_id"]
-        mlflow.log_metric("eval.probe", 1.0)
+    with resume_run(read_run_json(trained / "models/run.json"), "evaluate") as tracker:
+        assert tracker.run_id == info["run_id"]
+        tracker.log_metrics([(0, {"eval.probe": 1.0})])
     assert client.get_run(info["run_id"]).data.metrics["eval.probe"] == 1.0
 
 

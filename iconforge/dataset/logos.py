@@ -161,7 +161,7 @@ def render_markdown(count: int, cfg: FilterConfig, shards: list[dict]) -> str:
     lic = f"[{cfg.dataset_license}]({cfg.dataset_license_url})" if cfg.dataset_license_url else cfg.dataset_license
     lines = ["# Attribution", "",
              f"The {count} images in this dataset come from {cfg.dataset_source}, license {lic}.",
-             *([f"", cfg.dataset_attribution] if cfg.dataset_attribution else []), "",
+             *(["", cfg.dataset_attribution] if cfg.dataset_attribution else []), "",
              f"**Every image was modified:** {CHANGES}. `credits.csv` lists each image with its shard and row.",
              "", "Shards (sha256):", ""]
     lines += [f"- {s['name']}: {s['rows']} rows, `{s['sha256']}`" for s in shards]

@@ -2,6 +2,10 @@
 .svg) in parallel, each in a worker bounded in time and memory, and keep a content-hash cache
 so a re-run renders only images that changed.
 
+Cache entries are written atomically and checked when reused (the PNG's chunk
+structure and CRCs, no decode): a truncated or corrupt one is rendered again and
+listed in the summary, never copied into data/png.
+
 A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
 go first (longest-processing-time scheduling) so the slowest icons do not end
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pebble import ProcessExpired, ProcessPool
+from PIL import Image
 from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, write_bytes, write_text
@@ -51,12 +56,14 @@ class Summary:
     rejects: dict[str, str] = field(default_factory=dict)  # path -> reason
     dark: list[str] = field(default_factory=list)  # paths rendered onto DARK, sorted
     evicted: int = 0
+    healed: list[str] = field(default_factory=list)  # paths whose cached PNG was corrupt: rendered again, sorted
 
     def __str__(self) -> str:
         kinds = collections.Counter(r.split(":")[0] for r in self.rejects.values())
         lines = [f"rendered {self.rendered}, from cache {self.from_cache}, rejected {len(self.rejects)}, "
                  f"on dark grey (white-only mark) {len(self.dark)}, cache entries evicted {self.evicted}"]
         lines += [f"  rejected {n:5d}  {kind}" for kind, n in sorted(kinds.items())]
+        lines += [f"  corrupt cache entry rendered again: {p}" for p in self.healed]
         return "\n".join(lines)
 
 
@@ -80,12 +87,19 @@ class RasterCache:
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.corrupt: set[str] = set()  # keys whose PNG failed the check (deleted: a miss)
 
     def get(self, key: str) -> tuple[Path, bool] | str | None:
-        """(the cached PNG file, whether it is on DARK), the cached reject reason, or None on a miss."""
+        """(the cached PNG file, whether it is on DARK), the cached reject reason, or None on a miss
+        (also for a corrupt PNG, which is deleted and noted in `corrupt`)."""
         png = self.root / f"{key}.png"
         if png.exists():
-            return png, (self.root / f"{key}.dark").exists()
+            if _intact(png):
+                return png, (self.root / f"{key}.dark").exists()
+            self.corrupt.add(key)
+            for p in (png, self.root / f"{key}.dark"):
+                p.unlink(missing_ok=True)
+            return None
         reject = self.root / f"{key}.reject"
         return reject.read_text(encoding="utf-8") if reject.exists() else None
 
@@ -103,6 +117,16 @@ class RasterCache:
         for p in stale:
             p.unlink()
         return len(stale)
+
+
+def _intact(png: Path) -> bool:
+    """Whether a PNG file is whole: every chunk's CRC and the end marker, without decoding the pixels."""
+    try:
+        with Image.open(png) as im:
+            im.verify()
+        return True
+    except Exception:  # PIL raises SyntaxError, OSError, struct.error... for broken files
+        return False
 
 
 def _limit_memory(max_memory_mb: int) -> None:
@@ -213,5 +237,6 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                         summary.rendered += outcome.png is not None
                         bar.update()
     summary.dark.sort()
+    summary.healed = sorted(p for p in paths if keys[p] in cache.corrupt)
     summary.evicted = cache.evict(set(keys.values()))
     return summary

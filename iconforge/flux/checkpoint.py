@@ -10,6 +10,7 @@ Once a run has succeeded its checkpoints are of no use: the folder is emptied.
 """
 from __future__ import annotations
 
+import io
 import json
 import random
 import shutil
@@ -59,11 +60,15 @@ def set_rng_state(s: dict) -> None:
 
 def save_checkpoint(root: Path, ckpt: Checkpoint) -> Path:
     dest = Path(root) / f"{PREFIX}{ckpt.step:08d}"
-    with atomic_dir(dest) as tmp:
-        (tmp / "adapter.safetensors").write_bytes(save(ckpt.adapter))
-        torch.save(ckpt.state, tmp / "state.pt")
-        (tmp / "meta.json").write_text(json.dumps({"step": ckpt.step, **ckpt.meta}, indent=2, sort_keys=True) + "\n",
-                                       encoding="utf-8")
+    # Serialized in memory first: torch.save's own writer turns a full disk into an opaque RuntimeError,
+    # and the exact size lets a full disk be reported with the space needed.
+    state = io.BytesIO()
+    torch.save(ckpt.state, state)
+    files = {"adapter.safetensors": save(ckpt.adapter), "state.pt": state.getvalue(),
+             "meta.json": (json.dumps({"step": ckpt.step, **ckpt.meta}, indent=2, sort_keys=True) + "\n").encode()}
+    with atomic_dir(dest, needed=sum(map(len, files.values()))) as tmp:
+        for name, data in files.items():
+            (tmp / name).write_bytes(data)
     for _, old in _dirs(root)[:-KEEP]:
         shutil.rmtree(old, ignore_errors=True)
     return dest

@@ -22,7 +22,6 @@ embeddings depend on the caption and dropping them would change the results.
 """
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
@@ -44,10 +43,6 @@ EMPTY_CAPTION = ""
 ENCODER_PARTS = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2")
 HASHED_FILE_LIMIT = 256 * 2**20  # bigger weight files are fingerprinted by size and mtime, not read
 CHECKSUM = "iconforge.sha256"
-
-
-class CacheError(StageError, OSError):
-    """The cache cannot be written (full disk); the message names the path and what to do."""
 
 
 @dataclass
@@ -140,13 +135,7 @@ class EncodingCache:
         blob = save(tensors)
         (n,) = struct.unpack("<Q", blob[:8])
         blob = save(tensors, metadata={CHECKSUM: hashlib.sha256(blob[8 + n:]).hexdigest()})
-        try:
-            write_bytes(self.path(key), blob)
-        except OSError as e:
-            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise CacheError(f"{self.path(key)}: no space left to cache encodings ({len(blob)} bytes for this "
-                                 f"entry): free disk space or point train.cache_dir at a bigger disk") from e
-            raise
+        write_bytes(self.path(key), blob)  # a full disk: DiskFull, one line naming the entry and the space needed
 
     def evict(self, keep: set[str]) -> None:
         """Delete least recently used entries until the cache fits max_bytes; `keep` is never deleted."""

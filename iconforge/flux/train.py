@@ -43,7 +43,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Iterator
 
-import mlflow
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -63,7 +62,7 @@ from iconforge.flux.checkpoint import (Checkpoint, clear_checkpoints, latest_che
                                        set_rng_state)
 from iconforge.dataset.imagefolder import read_metadata
 from iconforge.errors import InputError, StageError
-from iconforge.flux.latent_cache import (EMPTY_CAPTION, MAX_SEQUENCE_LENGTH, CacheStats, Encoders, EncodingCache,
+from iconforge.flux.latent_cache import (EMPTY_CAPTION, MAX_SEQUENCE_LENGTH, Encoders, EncodingCache,
                                         encoder_fingerprint)
 from iconforge.flux.lora_io import adapter_state, add_lora, check_exportable, load_adapter_state, save_adapter
 from iconforge.flux.models import model_source
@@ -515,7 +514,7 @@ def read_ahead(pool: ThreadPoolExecutor, fn, items) -> Iterator:
         yield current.result()
 
 
-def _checkpoint(run: Run, step: int, mlflow_run_id: str) -> None:
+def _checkpoint(run: Run, step: int, mlflow_run_id: str | None) -> None:
     rngs = gather_object([rng_state()])  # a collective: every process takes part
     if run.acc.is_main_process:
         save_checkpoint(run.paths.checkpoints, Checkpoint(
@@ -526,11 +525,12 @@ def _checkpoint(run: Run, step: int, mlflow_run_id: str) -> None:
              "scaler": run.acc.scaler.state_dict() if run.acc.scaler is not None else None, "rng": rngs}))
 
 
-def fit(run: Run, mlflow_run_id: str | None) -> float:
+def fit(run: Run, tracker: tracking.Tracker | None) -> float:
     """The training loop, from run.start to cfg.steps; returns its wall-clock seconds.
 
     Losses stay on the device until the log interval (or a checkpoint), where one host sync
-    turns them into run.history and the MLflow batch. A background thread reads the next
+    turns them into run.history and the MLflow batch (queued on the main process's `tracker`, whose
+    thread sends it: a slow or absent store never holds up the loop). A background thread reads the next
     micro-batch from the encoding cache while the current one trains. The main process takes the
     validation loss every cfg.val_every steps and at the end. The final step is checkpointed too:
     a run killed while writing its outputs resumes with nothing left to train.
@@ -561,22 +561,22 @@ def fit(run: Run, mlflow_run_id: str | None) -> float:
                 now = time.perf_counter()
                 rows[-1][1]["images_per_s"] = run.images_per_step * len(pending) / (now - t_log)
                 bar.set_postfix(loss=f"{run.history[-1][1]:.4f}")
-                if acc.is_main_process:
-                    tracking.log_step_metrics(mlflow_run_id, rows)
+                if tracker is not None:
+                    tracker.log_metrics(rows)  # queued: never waits for the store
                 pending, t_log = [], now
             if acc.is_main_process and (done % cfg.val_every == 0 or done == cfg.steps):
                 val = validation_loss(acc.unwrap_model(run.transformer), run.ctx, run.val_batches)
                 run.val_history.append((done, val))
-                tracking.log_step_metrics(mlflow_run_id, [(done, {"val_loss": val})])
+                tracker.log_metrics([(done, {"val_loss": val})])
                 bar.set_postfix(val_loss=f"{val:.4f}")
             if checkpoint_now:
-                _checkpoint(run, done, mlflow_run_id)
+                _checkpoint(run, done, tracker.run_id if tracker is not None else None)
     bar.close()
     acc.wait_for_everyone()
     return time.perf_counter() - t_loop
 
 
-def write(run: Run, loop_s: float, total_s: float) -> dict:
+def write(run: Run, tracker: tracking.Tracker, loop_s: float, total_s: float) -> dict:
     """The adapter, the loss curves and train.json (main process); returns train.json's content."""
     cfg, paths = run.cfg, run.paths
     save_adapter(run.acc.unwrap_model(run.transformer), paths.lora, paths.lora_kohya, SAVE_DTYPES[cfg.save_dtype])
@@ -602,12 +602,11 @@ def write(run: Run, loop_s: float, total_s: float) -> dict:
     }
     write_json(paths.metrics, metrics)
     if run.data.skipped:
-        mlflow.log_text("".join(f"{s['file']}\t{s['reason']}\n" for s in run.data.skipped), "skipped_images.tsv")
-    mlflow.log_metrics({f"train.{k}": float(v) for k, v in metrics.items()}, step=cfg.steps)
-    mlflow.log_artifact(str(paths.lora), artifact_path="lora")
-    mlflow.log_artifact(str(paths.lora_kohya), artifact_path="lora")
-    for f in (paths.loss_csv, paths.val_loss_csv):
-        mlflow.log_artifact(str(f), artifact_path="metrics")
+        tracker.log_text("".join(f"{s['file']}\t{s['reason']}\n" for s in run.data.skipped), "skipped_images.tsv")
+    tracker.log_metrics([(cfg.steps, {f"train.{k}": float(v) for k, v in metrics.items()})])
+    for f, folder in ((paths.lora, "lora"), (paths.lora_kohya, "lora"), (paths.loss_csv, "metrics"),
+                      (paths.val_loss_csv, "metrics")):
+        tracker.log_artifact(f, folder)
     return metrics
 
 
@@ -617,17 +616,16 @@ def train(cfg: TrainConfig, base_info: dict, paths: Paths, acc: Accelerator) -> 
     t_start = time.perf_counter()
     run = setup(cfg, base_info, paths, acc)
     main = acc.is_main_process
-    with tracking.start_run("train_lora", run.run_id) if main else contextlib.nullcontext() as mlrun:
-        run_id = mlrun.info.run_id if main else None
-        if main and not mlflow.get_run(run_id).data.params:  # a resumed run has them already
-            mlflow.log_params({"model.base": base_info["base"], "model.revision": base_info["revision"],
-                               **tracking.flat_params(cfg), "train.num_processes": acc.num_processes,
-                               "train.effective_batch_size": run.images_per_step})
-        loop_s = fit(run, run_id)
+    with tracking.start_run("train_lora", run.run_id) if main else contextlib.nullcontext() as tracker:
+        if main and tracker.run_id != run.run_id:  # a new run (a resumed one has its params already)
+            tracker.log_params({"model.base": base_info["base"], "model.revision": base_info["revision"],
+                                **tracking.flat_params(cfg), "train.num_processes": acc.num_processes,
+                                "train.effective_batch_size": run.images_per_step})
+        loop_s = fit(run, tracker)
         if not main:
             return {}
-        metrics = write(run, loop_s, time.perf_counter() - t_start)
-        tracking.write_run_json(mlrun, paths.run_json)
+        metrics = write(run, tracker, loop_s, time.perf_counter() - t_start)
+        tracking.write_run_json(tracker, paths.run_json)
     # Done: the checkpoints only served to resume; models/lora is the result.
     clear_checkpoints(paths.checkpoints)
     return metrics
