@@ -65,11 +65,14 @@ def _key(*parts: str | bytes) -> str:
 
 
 def encoder_fingerprint(base_dir: Path) -> str:
-    """What the encodings depend on: a hub base by id and revision, a saved or local one by the
-    content of its VAE, text encoders and tokenizers (huge weight files by size and mtime)."""
+    """What the encodings depend on: a hub base by id and revision, the tiny one by the digest the base
+    stage recorded of its saved pipeline, a local one by the content of its VAE, text encoders and
+    tokenizers (huge weight files by size and mtime)."""
     info = read_base(base_dir)
     if info["kind"] == "hub":
         return f"hub:{info['base']}@{info['revision']}"
+    if "sha256" in info:  # resolve_base hashed what it saved (tiny): no need to read it again
+        return f"{info['kind']}:{info['sha256']}"
     source = model_source(base_dir)
     h = hashlib.sha256()
     for f in sorted(p for part in ENCODER_PARTS for p in (source / part).rglob("*") if p.is_file()):

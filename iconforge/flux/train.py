@@ -449,7 +449,8 @@ def encode(cfg: TrainConfig, paths: Paths, acc: Accelerator) -> Data:
     if not any(e.image_key for e in data.examples):
         raise InputError(f"{paths.dataset}: no usable training images")
     if not data.val:
-        raise InputError(f"{paths.validation}: no usable validation images (the validation loss needs one)")
+        raise InputError(f"{paths.validation}: no usable validation images (the validation loss needs one: "
+                         f"set filter.val_fraction > 0)")
     return data
 
 
