@@ -87,6 +87,17 @@ def write_bytes(dest: Path, data: bytes) -> None:
         f.write(data)
 
 
+def link_or_copy(src: Path, dest: Path) -> None:
+    """dest as a hard link to src (no second copy of the bytes), or a copy where the file system
+    cannot link. Only for files nobody edits in place: the two names share one content."""
+    try:
+        os.link(src, dest)
+    except OSError as e:
+        if e.errno in NO_SPACE:
+            raise
+        shutil.copyfile(src, dest)
+
+
 def write_json(dest: Path, obj) -> None:
     """Stable JSON (sorted keys, fixed indent) so equal content means equal bytes."""
     write_text(dest, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")

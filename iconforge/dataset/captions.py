@@ -7,12 +7,12 @@ The split folders' layout is iconforge.dataset.imagefolder's.
 """
 from __future__ import annotations
 
-import shutil
 from collections import Counter
 from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from iconforge.atomic import link_or_copy
 from iconforge.config import CaptionConfig
 from iconforge.dataset import logo_text
 from iconforge.dataset.names import PART_SUFFIXES, parse, words
@@ -79,14 +79,16 @@ def rendered_rows(rows: list[dict], png_dir: Path, raster_rejects: list[dict]) -
 
 
 def build(rows: list[dict], credits: dict[str, dict], png_dir: Path, out: Path, cfg: CaptionConfig) -> list[dict]:
-    """Copy each PNG into out/<split>/, write its caption sidecar and the split's metadata.jsonl.
+    """Link (or copy) each PNG into out/<split>/, write its caption sidecar and the split's metadata.jsonl.
     Returns the metadata records, sorted by split and file name."""
-    records = []
+    records, made = [], set()
     for r in tqdm(sorted(rows, key=lambda r: r["path"]), desc="caption", unit="image"):
         rel = png_path(r["path"])
         dest = Path(out) / r["split"] / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(Path(png_dir) / rel, dest)
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
+        link_or_copy(Path(png_dir) / rel, dest)
         text = caption(r, cfg)
         dest.with_suffix(".txt").write_text(text, encoding="utf-8")
         credit = credits.get(r["path"], {})

@@ -4,7 +4,7 @@ The format is recognised by its leading bytes before Pillow sees it, and Pillow 
 the plugins of RASTER_FORMATS: SVG, HTML or anything else is refused without any parser. The
 pixel count is checked from the header before a pixel is decoded (decompression bombs); time and
 memory bounds per image are the caller's (iconforge.dataset.rasterize runs this in bounded workers).
-Every mode (1, L, P with transparency, LA, RGBA, CMYK, I;16, ...) ends as RGB on white; an
+Every mode (1, L, P with transparency, LA, RGBA, CMYK, I;16, ...) ends on white, as an RGB PNG; an
 animation contributes its first frame.
 """
 from __future__ import annotations
@@ -46,7 +46,8 @@ def sniff(data: bytes) -> str:
 
 
 def decode(data: bytes) -> Image.Image:
-    """The first frame as RGB on white; RasterError for anything that is not a sane raster."""
+    """The first frame on white, RGB (L for a greyscale image); RasterError for anything that is
+    not a sane raster."""
     fmt = sniff(data)
     try:
         with warnings.catch_warnings():
@@ -74,7 +75,9 @@ def on_white(im: Image.Image) -> Image.Image:
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")
-    return im.convert("RGB")
+    # Greyscale stays one channel: resizing it is a third of the work, and pasting it onto
+    # fit's RGB canvas gives the same pixels as converting first.
+    return im.convert("L") if im.mode in ("1", "L") else im.convert("RGB")
 
 
 def fit(im: Image.Image, size: int, margin: float) -> Image.Image:

@@ -20,7 +20,6 @@ import hashlib
 import multiprocessing
 import os
 import resource
-import shutil
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from pebble import ProcessExpired, ProcessPool
 from PIL import Image
 from tqdm import tqdm
 
-from iconforge.atomic import atomic_dir, write_bytes, write_text
+from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_text
 from iconforge.config import RasterizeConfig
 from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
@@ -39,14 +38,23 @@ IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the 
 # dominate; a batch that times out or crashes is retried one image per task, which then carries
 # the per-image bounds and names the culprit. SVGs go one per task.
 RASTER_BATCH = 32
+STORED = b""  # Outcome.png of an image the worker has put in the cache
 
 
 @dataclass(frozen=True)
 class Outcome:
-    png: bytes | None  # None = rejected
+    png: bytes | None  # None = rejected; the worker stores it in the cache and sends back only `ok`
     reason: str = ""
     cacheable: bool = True  # False for limits (time, memory, crash): retry next run
     dark: bool = False  # flattened onto DARK: a white-only mark
+
+    @property
+    def ok(self) -> bool:
+        return self.png is not None
+
+    def stored(self) -> Outcome:
+        """What the worker returns once the PNG is in the cache: no image bytes through the pipe."""
+        return Outcome(STORED, self.reason, self.cacheable, self.dark) if self.ok else self
 
 
 @dataclass
@@ -89,6 +97,9 @@ class RasterCache:
         self.root.mkdir(parents=True, exist_ok=True)
         self.corrupt: set[str] = set()  # keys whose PNG failed the check (deleted: a miss)
 
+    def png(self, key: str) -> Path:
+        return self.root / f"{key}.png"
+
     def get(self, key: str) -> tuple[Path, bool] | str | None:
         """(the cached PNG file, whether it is on DARK), the cached reject reason, or None on a miss
         (also for a corrupt PNG, which is deleted and noted in `corrupt`)."""
@@ -104,7 +115,7 @@ class RasterCache:
         return reject.read_text(encoding="utf-8") if reject.exists() else None
 
     def put(self, key: str, outcome: Outcome) -> None:
-        if outcome.png is not None:
+        if outcome.ok:
             if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
                 write_bytes(self.root / f"{key}.dark", b"")
             write_bytes(self.root / f"{key}.png", outcome.png)
@@ -134,9 +145,17 @@ def _limit_memory(max_memory_mb: int) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
 
-def _render_files(files: list[str], size: int, margin: float, renderer: str, max_memory_mb: int) -> list[Outcome]:
-    """Runs in a worker process."""
-    return [_render_file(f, size, margin, renderer, max_memory_mb) for f in files]
+def _render_files(files: list[str], keys: list[str], cache_dir: str, size: int, margin: float, renderer: str,
+                  max_memory_mb: int) -> list[Outcome]:
+    """Runs in a worker process: renders each file into the cache under its key (the main process
+    links it from there), so PNG bytes are neither piped back nor written twice."""
+    cache = RasterCache(Path(cache_dir))
+    out = []
+    for file, key in zip(files, keys):
+        outcome = _render_file(file, size, margin, renderer, max_memory_mb)
+        cache.put(key, outcome)
+        out.append(outcome.stored())
+    return out
 
 
 def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_mb: int) -> Outcome:
@@ -173,15 +192,18 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             for p in tqdm(paths, desc="hash", unit="image")}
     with atomic_dir(png_dir) as out:
 
+        made: set[Path] = set()
+
         def store(path: str, outcome: Outcome | Path, dark: bool) -> None:
-            dest = out / Path(path).with_suffix(".png")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(outcome, Path):
-                shutil.copyfile(outcome, dest)
-            elif outcome.png is not None:
-                dest.write_bytes(outcome.png)  # inside the atomic directory already
-            else:
+            """data/png/<path>.png as a link to its cache entry (or the reject recorded)."""
+            if isinstance(outcome, Outcome) and not outcome.ok:
                 summary.rejects[path] = outcome.reason
+                return
+            dest = out / Path(path).with_suffix(".png")
+            if dest.parent not in made:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                made.add(dest.parent)
+            link_or_copy(outcome if isinstance(outcome, Path) else cache.png(keys[path]), dest)
             if dark:
                 summary.dark.append(path)
 
@@ -215,7 +237,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                 # Schedule a bounded window, not every image at once: memory stays flat at 400k rows.
                 while tasks and len(futures) < workers * IN_FLIGHT_PER_WORKER:
                     batch = tasks.popleft()
-                    futures[pool.schedule(_render_files, args=([str(raw_dir / p) for p in batch], cfg.size,
+                    futures[pool.schedule(_render_files, args=([str(raw_dir / p) for p in batch],
+                                                               [keys[p] for p in batch], str(cache.root), cfg.size,
                                                                cfg.margin, cfg.renderer, cfg.max_memory_mb),
                                           timeout=cfg.timeout_s)] = batch
                 done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
@@ -232,9 +255,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                                     # segfault, Rust abort, or killed from outside
                                     else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
                     for path, outcome in zip(batch, outcomes):
-                        cache.put(keys[path], outcome)
                         store(path, outcome, outcome.dark)
-                        summary.rendered += outcome.png is not None
+                        summary.rendered += outcome.ok
                         bar.update()
     summary.dark.sort()
     summary.healed = sorted(p for p in paths if keys[p] in cache.corrupt)
