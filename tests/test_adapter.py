@@ -154,7 +154,7 @@ def test_kohya_export_reads_back_through_diffusers(tmp_path, modules):
         assert not delta(back, n).any(), n
 
 
-def test_model_card_names_base_license_trigger_and_credits():
+def _card(dataset, by_license: dict, prompt: str) -> "ModelCard":
     from huggingface_hub import ModelCard
 
     from conftest import committed_params
@@ -164,21 +164,45 @@ def test_model_card_names_base_license_trigger_and_credits():
     params = committed_params()
     model = ModelConfig(base="black-forest-labs/FLUX.1-dev", revision=params["model"]["revision"])
     scores = {"clip_score": 31.0, "cmmd": 0.5, "white_background_ratio": 0.7, "palette_size": 9.0}
-    text = render(model, build(TrainConfig, params["train"]), "bioicons style",
-                  {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
-                  {"steps": 1000, "effective_batch_size": 1, "train_images": 2000, "skipped_images": 0,
-                   "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
-                  {"lora": scores, "base": scores},
-                  {"dataset": {"images": 2200, "by_split": {"train": 2000, "validation": 200},
-                               "by_license": {"cc-by-4.0": {"train": 1500, "validation": 150},
-                                              "cc-0": {"train": 500, "validation": 50}}}},
-                  {"steps": 28, "guidance": 3.5, "samples": [{"prompt": "bioicons style, zebrafish embryo"}]})
-    card = ModelCard(text)
+    train = sum(c["train"] for c in by_license.values())
+    return ModelCard(render(
+        model, build(TrainConfig, params["train"]), prompt.split(",")[0], dataset,
+        {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
+        {"steps": 1000, "effective_batch_size": 1, "train_images": train, "skipped_images": 0,
+         "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
+        {"lora": scores, "base": scores},
+        {"dataset": {"images": train + 200, "by_split": {"train": train, "validation": 200}, "by_license": by_license}},
+        {"steps": 28, "guidance": 3.5, "samples": [{"prompt": prompt}]}))
+
+
+def test_model_card_names_base_license_trigger_and_credits():
+    from iconforge.flux.card import describe_dataset
+
+    icons = describe_dataset({"commit": "f3f18b8", "sha256": "ab", "top_folder": "bioicons-f3f18b8"},
+                             "https://huggingface.co/datasets/iamkaikai/amazing_logos_v4")  # not read for icons
+    card = _card(icons, {"cc-by-4.0": {"train": 1500, "validation": 150}, "cc-0": {"train": 500, "validation": 50}},
+                 "bioicons style, zebrafish embryo")
     meta = card.data.to_dict()
     assert meta["base_model"] == "black-forest-labs/FLUX.1-dev" and meta["license_name"] == "flux-1-dev-non-commercial-license"
     assert meta["instance_prompt"] == "bioicons style" and meta["widget"][0]["text"] == "bioicons style, zebrafish embryo"
+    assert "datasets" not in meta and "[bioicons](https://bioicons.com)" in card.text
     assert "Trained on 2000 icons of bioicons. 1500 of them require attribution (cc-by-4.0: 1500)" in card.text
+    assert "rasterized from SVG" in card.text and "logo" not in card.text.lower()
     assert "`ATTRIBUTION.md`" in card.text and "num_inference_steps=28, guidance_scale=3.5" in card.text
     assert "rank32" in card.text and "abc123" in card.text and "`f00`" in card.text
     assert "seconds_per_step" not in card.text and "1.7" not in card.text  # no timings: same inputs, same bytes
     assert "Test build" not in card.text
+
+
+def test_model_card_of_a_logo_run_names_the_parquet_dataset():
+    from iconforge.flux.card import describe_dataset
+
+    url = "https://huggingface.co/datasets/iamkaikai/amazing_logos_v4"
+    logos = describe_dataset({"source": "parquet", "shards": [{"name": "train-00000", "rows": 2000}]}, url)
+    card = _card(logos, {"unspecified": {"train": 1800, "validation": 200}}, "elegant logo, coffee shop")
+    assert card.data.to_dict()["datasets"] == ["iamkaikai/amazing_logos_v4"]
+    assert f"in the style of the images of [iamkaikai/amazing_logos_v4]({url})" in card.text
+    assert f"Trained on 1800 images of [iamkaikai/amazing_logos_v4]({url}). 1800 of them require attribution " \
+           "(unspecified: 1800)" in card.text
+    assert "decoded, flattened onto white" in card.text
+    assert "bioicons" not in card.text and "rasterized from SVG" not in card.text and "icons" not in card.text

@@ -17,7 +17,9 @@ from urllib.parse import quote
 from iconforge.dataset.licenses import LICENSES, NOTICE_LICENSES
 
 UPSTREAM = "https://github.com/duerrsimon/bioicons"
+# What was done to every image (CC BY asks to say so): the icons', and a parquet dataset's rows'.
 CHANGES = "rasterized from SVG to PNG, scaled and padded to a square"
+PARQUET_CHANGES = "decoded, flattened onto white, scaled and padded to a square PNG"
 CREDIT_COLUMNS = ["path", "title", "author", "author_url", "license", "license_name", "license_url",
                   "needs_attribution", "share_alike", "source_url", "changes"]
 UNKNOWN_AUTHOR = "unknown author"

@@ -17,11 +17,11 @@ from tqdm import tqdm
 
 from iconforge.config import FilterConfig
 from iconforge.dataset import raster
+from iconforge.dataset.attribution import PARQUET_CHANGES
 from iconforge.dataset.logo_text import parse
 
 CHUNK = 256  # images per worker task: a dHash costs well under a millisecond
 WINDOW = 32  # near_groups: neighbours compared per hash in a band's bucket
-CHANGES = "decoded, flattened onto white, scaled and padded to a square PNG"
 
 
 def _unit(seed: int, key: str) -> float:
@@ -152,7 +152,7 @@ def credit_rows(rows: list[dict], cfg: FilterConfig) -> list[dict]:
     return [{"path": r["path"], "title": r["name"] or r["text"][:80], "author": cfg.dataset_attribution,
              "author_url": "", "license": cfg.dataset_license, "license_name": cfg.dataset_license,
              "license_url": cfg.dataset_license_url, "needs_attribution": str(bool(cfg.dataset_attribution)).lower(),
-             "share_alike": "false", "source_url": f"{cfg.dataset_source}#{r['path']}", "changes": CHANGES}
+             "share_alike": "false", "source_url": f"{cfg.dataset_source}#{r['path']}", "changes": PARQUET_CHANGES}
             for r in rows]
 
 
@@ -162,7 +162,7 @@ def render_markdown(count: int, cfg: FilterConfig, shards: list[dict]) -> str:
     lines = ["# Attribution", "",
              f"The {count} images in this dataset come from {cfg.dataset_source}, license {lic}.",
              *(["", cfg.dataset_attribution] if cfg.dataset_attribution else []), "",
-             f"**Every image was modified:** {CHANGES}. `credits.csv` lists each image with its shard and row.",
+             f"**Every image was modified:** {PARQUET_CHANGES}. `credits.csv` lists each image with its shard and row.",
              "", "Shards (sha256):", ""]
     lines += [f"- {s['name']}: {s['rows']} rows, `{s['sha256']}`" for s in shards]
     return "\n".join(lines) + "\n"

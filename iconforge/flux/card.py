@@ -3,16 +3,18 @@
 YAML front matter (huggingface_hub's ModelCardData: base model, library, the base model's
 license, tags, trigger, a widget image) and a body that says how the adapter was made
 (params, data counts, the DVC experiment, git revision and MLflow run), how it scores, how to
-load it, what it cannot do, and whose icons it learned from. Built only from pipeline files and
+load it, what it cannot do, and whose images it learned from (the icon library or a parquet
+dataset such as the logos: data/source.json says which). Built only from pipeline files and
 params, with no clock or machine in it, so the same inputs give the same bytes.
 """
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 
 from huggingface_hub import ModelCard, ModelCardData
 
 from iconforge.config import ModelConfig, TrainConfig
+from iconforge.dataset.attribution import CHANGES as ICON_CHANGES, PARQUET_CHANGES
 from iconforge.dataset.licenses import LICENSES
 from iconforge.flux.models import HUB, base_kind
 from iconforge.paths import ADAPTER_FILE, GRID_PNG, KOHYA_FILE
@@ -29,12 +31,35 @@ TRAIN_FIELDS = ("steps", "effective_batch_size", "train_images", "skipped_images
 EVAL_FIELDS = ("clip_score", "cmmd", "white_background_ratio", "palette_size")
 
 
+HF_DATASETS = "https://huggingface.co/datasets/"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """What the adapter learned from, in the card's words."""
+    style: str  # "... in the style of <style>"
+    images: str  # what one training image is, plural
+    credit: str  # "Trained on N <images> of <credit>."
+    changes: str  # how every image was modified (the licenses ask to say so)
+    hub_id: str | None = None  # a Hugging Face dataset id, for the card's `datasets` field
+
+
+def describe_dataset(source: dict, dataset_source: str) -> Dataset:
+    """From data/source.json (fetch) and filter.dataset_source (a parquet dataset's page)."""
+    if source.get("source") == "parquet":
+        hub_id = dataset_source.removeprefix(HF_DATASETS).strip("/") if dataset_source.startswith(HF_DATASETS) else None
+        link = f"[{hub_id or dataset_source}]({dataset_source})" if dataset_source else "its parquet shards"
+        return Dataset(f"the images of {link}", "images", link, PARQUET_CHANGES, hub_id)
+    return Dataset("flat scientific icons of the [bioicons](https://bioicons.com) library", "icons", "bioicons",
+                   ICON_CHANGES)
+
+
 def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 
-def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, train_metrics: dict, eval_metrics: dict,
-           data_metrics: dict, index: dict) -> str:
+def render(model: ModelConfig, train: TrainConfig, trigger: str, dataset: Dataset, run: dict, train_metrics: dict,
+           eval_metrics: dict, data_metrics: dict, index: dict) -> str:
     """README.md's text from models/run.json, metrics/{train,eval,data}.json and samples/index.json."""
     licenses = BASE_LICENSES.get(model.base, dict(license="other"))
     prompts = [s["prompt"] for s in index["samples"]]
@@ -42,8 +67,8 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
     data = ModelCardData(
         base_model=model.base if on_hub else None,
         library_name="diffusers", tags=["text-to-image", "diffusers", "lora", "flux", "template:sd-lora", "iconforge"],
-        instance_prompt=trigger, widget=[{"text": p, "output": {"url": GRID_PNG}} for p in prompts[:1]], **licenses)
-    # What the adapter learned from: the train split (validation icons were only compared against).
+        datasets=[dataset.hub_id] if dataset.hub_id else None, instance_prompt=trigger, widget=[{"text": p, "output": {"url": GRID_PNG}} for p in prompts[:1]], **licenses)
+    # What the adapter learned from: the train split (validation images were only compared against).
     trained_on = {lic: c["train"] for lic, c in data_metrics["dataset"]["by_license"].items() if c["train"]}
     # A parquet dataset's license (filter.dataset_license) is not one of the icons': credit it to be safe.
     by_license = {lic: n for lic, n in trained_on.items() if lic not in LICENSES or LICENSES[lic].needs_attribution}
@@ -53,8 +78,8 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
     lines = [
         f"# iconforge LoRA: {trigger}",
         "",
-        f"A LoRA adapter for `{model.base}` that draws flat scientific icons in the style of the "
-        f"[bioicons](https://bioicons.com) library. Start prompts with the trigger phrase **`{trigger}`**.",
+        f"A LoRA adapter for `{model.base}` that draws in the style of {dataset.style}. "
+        f"Start prompts with the trigger phrase **`{trigger}`**.",
         "",
     ]
     if smoke:
@@ -103,7 +128,7 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         "",
         "## Evaluation",
         "",
-        "CLIP score (prompt alignment) and CMMD (distance to held-out real icons; lower is closer), "
+        f"CLIP score (prompt alignment) and CMMD (distance to held-out real {dataset.images}; lower is closer), "
         "LoRA against the bare base on the same prompts and seeds:",
         "",
         _table([(m, f"LoRA {eval_metrics['lora'][m]:.3f} / base {eval_metrics['base'][m]:.3f}")
@@ -111,17 +136,17 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, run: dict, trai
         "",
         "## Limitations",
         "",
-        "- Learned from a few thousand flat icons at most: expect the library's palette and line style, "
-        "not photographic detail; text in images is unreliable.",
+        f"- Learned from {sum(trained_on.values())} {dataset.images}: expect their palette and line style, "
+        "not photographic detail; text in images (a name, a label) is unreliable.",
         "- The traced SVGs are a vectorisation of the PNG, not hand-drawn paths.",
         "- Use with the base model is bound by the base model's license.",
         "",
-        "## Credits of the training icons",
+        f"## Credits of the training {dataset.images}",
         "",
-        f"Trained on {sum(trained_on.values())} icons of bioicons. {sum(by_license.values())} of them require "
-        "attribution (" + (", ".join(f"{lic}: {n}" for lic, n in sorted(by_license.items())) or "none")
-        + "); every icon, its author, license and source are listed in `ATTRIBUTION.md` beside this card. "
-        "All images were modified: rasterized from SVG, scaled and padded to a square.",
+        f"Trained on {sum(trained_on.values())} {dataset.images} of {dataset.credit}. {sum(by_license.values())} of "
+        "them require attribution (" + (", ".join(f"{lic}: {n}" for lic, n in sorted(by_license.items())) or "none")
+        + "); every image, its author, license and source are listed in `ATTRIBUTION.md` beside this card. "
+        f"All images were modified: {dataset.changes}.",
         "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
