@@ -17,8 +17,8 @@ BACKGROUND = (255, 255, 255)
 SHEET_GAP = 4  # px between contact sheet tiles
 SHEET_GAP_COLOUR = (225, 225, 225)
 SHEET_COLUMNS = 8
-# Word colours by rank: saturated, readable on white.
-PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14), (23, 190, 207),
+# Word colours by rank: saturated, readable on white, none close to the purple of DVC's bars.
+PALETTE = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (188, 189, 34), (255, 127, 14), (23, 190, 207),
            (140, 86, 75), (227, 119, 194))
 CLOUD_SIZE = (900, 450)
 MIN_FONT, MAX_FONT = 11, 72

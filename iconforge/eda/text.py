@@ -24,17 +24,14 @@ def _without_trigger(caption: str, trigger: str) -> str:
 
 
 def phrases(caption: str, trigger: str) -> list[str]:
-    """The caption's comma-separated phrases, lower case, with the trigger, the logo head and the
-    boilerplate tail phrases removed."""
+    """The caption's comma-separated phrases, lower case, without the logo head, the trigger (in
+    that order: a trigger such as "elegant logo" lies inside the head) and the boilerplate tail."""
+    caption = PREFIX.sub(" ", caption)
     out = []
     for part in _without_trigger(caption, trigger).split(","):
-        part = " ".join(part.split())
-        if not part or part.lower() in BOILERPLATE:
-            continue
-        m = PREFIX.match(part)
-        if m:
-            part = part[m.end():]
-        out.append(part.lower())
+        part = " ".join(part.split()).lower()
+        if part and part not in BOILERPLATE:
+            out.append(part)
     return out
 
 
