@@ -109,8 +109,8 @@ def test_logo_head_and_boilerplate_tail_are_not_words():
 @pytest.mark.parametrize("root,size", [
     ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 200 100" width="10mm" height="5mm"/>', (200, 100, "viewBox")),
     ('<svg xmlns="http://www.w3.org/2000/svg" viewBox="-5,-5 , 48.5 24"/>', (48.5, 24, "viewBox")),
-    ('<svg xmlns="http://www.w3.org/2000/svg" width="72pt" height="1in"/>', (96, 96, "width/height")),
-    ('<svg xmlns="http://www.w3.org/2000/svg" width="30" height="60px" viewBox="0 0 0 10"/>', (30, 60, "width/height")),
+    ('<svg xmlns="http://www.w3.org/2000/svg" width="72pt" height="1in"/>', (96, 96, "width_height")),
+    ('<svg xmlns="http://www.w3.org/2000/svg" width="30" height="60px" viewBox="0 0 0 10"/>', (30, 60, "width_height")),
 ])
 def test_svg_size(root, size):
     w, h, how = sources.svg_size(root.encode())

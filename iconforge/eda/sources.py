@@ -44,7 +44,7 @@ def view_box(value: str | None) -> tuple[float, float] | None:
 
 
 def svg_size(data: bytes) -> tuple[float, float, str]:
-    """(width, height, 'viewBox' | 'width/height') of an SVG document: the viewBox, whose aspect is
+    """(width, height, "viewBox" or "width_height") of an SVG document: the viewBox, whose aspect is
     what rasterize fits into its square, else the width and height attributes."""
     try:
         root = svg._parse(data)  # the rasterizer's own safe parse (no DTD loading, no network)
@@ -57,7 +57,7 @@ def svg_size(data: bytes) -> tuple[float, float, str]:
         return vb[0], vb[1], "viewBox"
     w, h = length(root.get("width")), length(root.get("height"))
     if w and h:
-        return w, h, "width/height"
+        return w, h, "width_height"
     raise SizeError("no viewBox and no absolute width and height")
 
 
