@@ -63,9 +63,13 @@ def test_histogram_bins_cover_every_value_once_empty_bins_included():
     assert (rows[0]["lo"], rows[0]["hi"]) == ("25", "30")
     # Floats with a known range: a share in [0, 1], 1.0 in the last bin.
     share = stats.histogram([0.0, 0.05, 0.5, 0.99, 1.0], max_bins=20, span=(0.0, 1.0))
-    assert len(share) == 21 and share[0]["bin"] == "0-0.05" and share[1]["images"] == 1
-    assert sum(r["images"] for r in share) == 5 and share[-1] == {"bin": "1-1.05", "lo": "1", "hi": "1.05", "images": 1}
+    assert len(share) == 20 and share[0]["bin"] == "0-0.05" and share[1]["images"] == 1
+    assert sum(r["images"] for r in share) == 5 and share[-1] == {"bin": "0.95-1", "lo": "0.95", "hi": "1", "images": 2}
+    assert [r["bin"] for r in stats.histogram([0.3, 1.7], 20)] == [f"{a:g}-{a + 0.1:g}" for a in
+                                                                   [round(0.3 + i / 10, 1) for i in range(14)]]
     assert [r["bin"] for r in stats.histogram([7, 7, 7], 20, integer=True)] == ["7"]
+    assert [r["images"] for r in stats.histogram([1.0, 1.0], 20)] == [2]
+    assert [r["images"] for r in stats.histogram([10, 20], 10, integer=True)] == [1] + [0] * 9 + [1]  # 20: its own bin
     assert stats.histogram([], 20) == []
     many = stats.histogram(list(range(1000)), max_bins=20, integer=True)
     assert len(many) <= 21 and sum(r["images"] for r in many) == 1000

@@ -31,13 +31,17 @@ def histogram(values: Sequence[float], max_bins: int, integer: bool = False,
               span: tuple[float, float] | None = None) -> list[dict]:
     """Bins of one round width covering min..max (or `span`, when the values' range is known, such
     as 0..1 for a share), empty ones included: at most max_bins + 1, since the first bin starts at a
-    multiple of the width. Rows: bin (label), lo, hi (lo <= v < hi), images."""
+    multiple of the width. Rows: bin (label), lo, hi (lo <= v < hi; the last float bin holds its hi
+    too), images. Integer bins are labelled by the whole numbers they hold: 10-19."""
     if not values:
         return []
     lo, hi = span or (min(values), max(values))
     step = nice_step((hi - lo) / max_bins, integer)
-    start = math.floor(lo / step) * step
-    n = int(math.floor((hi - start) / step + 1e-9)) + 1
+    start = math.floor(lo / step + 1e-9) * step  # 1e-9: 0.3 / 0.1 is 2.9999999999999996
+    if integer:
+        n = int(math.floor((hi - start) / step + 1e-9)) + 1
+    else:
+        n = max(1, int(math.ceil((hi - start) / step - 1e-9)))
     counts = [0] * n
     for v in values:
         counts[min(n - 1, max(0, int(math.floor((v - start) / step + 1e-9))))] += 1
