@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt package-lock.json
 demo: setup
 	. $(BIN)/activate && export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} && \
 	python -m iconforge.overrides demo.yaml | xargs -0 dvc exp run
-	@echo "grid: samples/grid.png  vectors: samples/svg/  metrics: metrics/  MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
+	@echo "grid: samples/grid.png  vectors: samples/svg/  metrics: metrics/  plots (loss, dataset): dvc plots show  MLflow UI: $(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 
 # The logo demo: a synthetic 2,000-row logo parquet (the shard demo-logos.yaml names), then
 # demo.yaml + demo-logos.yaml's overrides as one DVC experiment. `make demo` switches back.
@@ -29,7 +29,7 @@ demo-logos: setup
 	. $(BIN)/activate && python -m iconforge.synthetic_logos --rows 2000 --params demo-logos.yaml
 	. $(BIN)/activate && export OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} && \
 	python -m iconforge.overrides demo.yaml demo-logos.yaml | xargs -0 dvc exp run
-	@echo "grid: samples/grid.png  dataset: data/dataset/  metrics: metrics/"
+	@echo "grid: samples/grid.png  dataset: data/dataset/ (explored: data/eda/, metrics/eda.json, dvc plots show)  metrics: metrics/"
 
 test: setup
 	. $(BIN)/activate && OMP_NUM_THREADS=1 python -m pytest -q -n 2 --dist loadgroup tests

@@ -304,6 +304,24 @@ class EvaluateConfig(Section):
         self.positive("max_real_images")
 
 
+@dataclass(frozen=True)
+class EdaConfig(Section):
+    """Stage eda: what the dataset looks like (README: Explore the data)."""
+    section: typing.ClassVar[str] = "eda"
+    seed: int  # which images the contact sheet and the colour statistics draw
+    max_bins: int  # histograms: at most this many bins (of a round width: 1, 2, 2.5 or 5 x 10^k)
+    top_n: int  # rows of the top words and top bigrams tables
+    cloud_words: int  # words in the word cloud
+    sheet_images: int  # random training images on the contact sheet
+    sheet_tile: int  # pixels per contact sheet tile
+    colour_images: int  # images measured for colour statistics (a seeded sample; 0 = all)
+
+    def __post_init__(self):
+        self.positive("max_bins", "top_n", "cloud_words", "sheet_images", "sheet_tile")
+        self.non_negative("colour_images")
+        _check(self.sheet_tile >= 16, self.key("sheet_tile"), "must be >= 16", self.sheet_tile)
+
+
 def _coerce(value: Any, hint: Any, key: str) -> Any:
     """Check a YAML value against a field's type, turning lists into tuples."""
     origin = typing.get_origin(hint)

@@ -47,6 +47,25 @@ VALIDATION_SPLIT = DATASET / "validation"
 VALIDATION_METADATA = VALIDATION_SPLIT / METADATA
 DATA_METRICS = Path("metrics/data.json")
 
+# eda: what the dataset looks like (README: Explore the data)
+EDA_METRICS = Path("metrics/eda.json")  # counts and summary statistics (`dvc metrics show`)
+EDA_TABLES = Path("metrics/eda")  # pre-binned tables, drawn by dvc.yaml's top-level plots
+EDA_LICENSE = EDA_TABLES / "license.csv"  # images per license
+EDA_CATEGORY = EDA_TABLES / "category.csv"  # images per category
+EDA_SPLIT = EDA_TABLES / "split.csv"  # images per split
+EDA_CAPTION_CHARS = EDA_TABLES / "caption_chars.csv"  # histogram of caption lengths in characters
+EDA_CAPTION_WORDS = EDA_TABLES / "caption_words.csv"  # ... in words
+EDA_TOP_WORDS = EDA_TABLES / "top_words.csv"  # caption words without the template's boilerplate and stop words
+EDA_TOP_BIGRAMS = EDA_TABLES / "top_bigrams.csv"
+EDA_SOURCE_WIDTH = EDA_TABLES / "source_width.csv"  # source images before rasterize: SVG viewBox / raster header
+EDA_SOURCE_HEIGHT = EDA_TABLES / "source_height.csv"
+EDA_SOURCE_ASPECT = EDA_TABLES / "source_aspect.csv"  # width / height
+EDA_PALETTE = EDA_TABLES / "palette_size.csv"  # colours covering 95% of an image (iconforge.evaluate.style)
+EDA_BACKGROUND = EDA_TABLES / "background_share.csv"  # share of white background pixels
+EDA_IMAGES = Path("data/eda")  # image plots
+EDA_WORDCLOUD = EDA_IMAGES / "wordcloud.png"
+EDA_CONTACT_SHEET = EDA_IMAGES / "contact_sheet.png"  # random training images
+
 # train_lora
 BASE = Path("models/base")
 BASE_INFO = BASE / BASE_JSON

@@ -50,7 +50,7 @@ def _one_torch_thread():
 
 @pytest.fixture(scope="session")
 def tiny_repo(tmp_path_factory):
-    """A copy of the project as its own git+DVC repo, all eight stages reproduced
+    """A copy of the project as its own git+DVC repo, every stage reproduced
     with demo.yaml's params (tiny preset, sample snapshot) and committed.
     Shared by several tests: do not modify it; copy it (shutil.copytree) first."""
     if not SAMPLE_ARCHIVE.exists():

@@ -25,7 +25,7 @@ from conftest import ROOT, SAMPLE_ARCHIVE, WORKSPACE_OUTPUTS, committed_params
 TEST_SIZES = {"model": {"tiny_vae_steps": 2}, "train": {"steps": 30, "checkpoint_every": 10},
               "sample": {"steps": 4, "num_val_prompts": 2}}
 MODEL_STAGES = {"train_lora", "sample", "evaluate", "card"}
-ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption", "base"} | MODEL_STAGES
+ALL_STAGES = {"fetch", "filter_license", "rasterize", "caption", "eda", "base"} | MODEL_STAGES
 
 
 def ran_stages(dvc_output: str) -> set[str]:
@@ -86,6 +86,7 @@ def make_repo(dest: Path, extra: dict | None = None) -> Path:
     dvc(dest, "init", "-q")
     dvc(dest, "config", "core.analytics", "false")
     shutil.copy2(ROOT / ".dvc/plots.html", dest / ".dvc/plots.html")  # offline `dvc plots show`, as in ours
+    shutil.copytree(ROOT / ".dvc/plots", dest / ".dvc/plots")  # the eda plots' Vega-Lite templates
     dvc(dest, "config", "plots.html_template", "plots.html")
     if (ROOT / "node_modules").is_dir():
         (dest / "node_modules").symlink_to(ROOT / "node_modules")  # the Vega scripts the template loads

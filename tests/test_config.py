@@ -9,7 +9,7 @@ from iconforge import config
 from conftest import committed_text
 
 ALL = [config.FetchConfig, config.FilterConfig, config.RasterizeConfig, config.CaptionConfig,
-       config.ModelConfig, config.TrainConfig, config.SampleConfig, config.EvaluateConfig]
+       config.ModelConfig, config.TrainConfig, config.SampleConfig, config.EvaluateConfig, config.EdaConfig]
 
 
 def params():

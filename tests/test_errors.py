@@ -34,6 +34,9 @@ CASES = [
      f"filter_license: data/manifest.csv: {MISSING}"),
     ("rasterize", {}, f"rasterize: data/filtered.csv: {MISSING}"),
     ("caption", {}, f"caption: data/filtered.csv: {MISSING}"),
+    ("eda", {}, f"eda: data/source.json: {MISSING}"),
+    ("eda", {"data/source.json": '{"source": "parquet"}'}, f"eda: data/filtered.csv: {MISSING}"),
+    ("eda", {"data/source.json": "{}", "data/filtered.csv": "path,license\n"}, "eda: data/filtered.csv: missing column(s)"),
     ("base", {}, f"base: data/dataset/train: {MISSING}"),
     ("train_lora", {}, f"train_lora: data/dataset/train: {MISSING}"),
     ("train_lora", {"data/dataset/train/metadata.jsonl": ""}, f"train_lora: data/dataset/validation: {MISSING}"),
@@ -63,8 +66,8 @@ def test_missing_or_malformed_input_is_one_line_naming_the_file(tmp_path, stage,
     assert one_line(run(stage, tmp_path), stage).startswith(line)
 
 
-@pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "base", "train_lora", "sample",
-                                   "card", "evaluate"])
+@pytest.mark.parametrize("stage", ["fetch", "filter_license", "rasterize", "caption", "eda", "base", "train_lora",
+                                   "sample", "card", "evaluate"])
 def test_bad_params_are_one_line_naming_the_key(tmp_path, stage):
     (tmp_path / "params.yaml").write_text(committed_text("params.yaml")
                                           .replace("steps: 1000", "steps: -1").replace("size: 1024", "size: -1")
@@ -72,5 +75,6 @@ def test_bad_params_are_one_line_naming_the_key(tmp_path, stage):
                                           .replace("tiny_vae_steps: 0", "tiny_vae_steps: -1")
                                           .replace("val_fraction: 0.1", "val_fraction: 7")
                                           .replace('"{trigger}, {name}, {category}"', '"{oops}"')
-                                          .replace("max_real_images: 256", "max_real_images: -1"))
+                                          .replace("max_real_images: 256", "max_real_images: -1")
+                                          .replace("max_bins: 20", "max_bins: 0"))
     one_line(run(stage, tmp_path), stage)
