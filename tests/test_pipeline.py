@@ -269,6 +269,36 @@ def test_bad_param_stops_train_lora_naming_the_key(repo):
         dvc(repo, "exp", "run", "-S", "train.rank=0")
 
 
+DATA_STAGES = ("fetch", "filter_license", "rasterize", "caption", "eda")
+
+
+def lock_outs(repo: Path, stages) -> dict:
+    lock = yaml.safe_load((repo / "dvc.lock").read_text(encoding="utf-8"))["stages"]
+    return {s: {o["path"]: o["md5"] for o in lock[s]["outs"]} for s in stages}
+
+
+def test_switching_to_logos_and_back_gives_the_same_hashes(repo, tmp_path):
+    """fetch.source switches every stage to a parquet dataset; switching back reruns the data stages
+    to the very same outputs, so everything downstream (base, train_lora, ...) is up to date as before."""
+    from iconforge import synthetic_logos
+
+    icons = lock_outs(repo, DATA_STAGES)
+    shard = synthetic_logos.write(tmp_path / "logos.parquet", 120)
+    set_params(repo, fetch__source="parquet", fetch__shards=[str(shard)], caption__trigger="elegant logo",
+               caption__template="{trigger}, {name}, {keywords}, {category}")
+    assert ran_stages(dvc(repo, "repro", "eda")) == set(DATA_STAGES)
+    logos = lock_outs(repo, DATA_STAGES)
+    assert all(logos[s] != icons[s] for s in DATA_STAGES)
+    eda = json.loads((repo / paths.EDA_METRICS).read_text())
+    assert eda["source"] == "parquet" and eda["images"] == 120 - len(rows(repo / paths.FILTER_REJECTS))
+    assert sum(eda["by_split"].values()) == eda["images"] and set(eda["by_license"]) == {"unspecified"}
+
+    pipeline_repo.git(repo, "checkout", "params.yaml")
+    dvc(repo, "repro", "eda")  # runs the stages again, or restores their outputs from DVC's run cache
+    assert lock_outs(repo, DATA_STAGES) == icons
+    assert "Data and pipelines are up to date" in dvc(repo, "status")
+
+
 @needs_full
 @pytest.mark.xdist_group("full_snapshot")  # the heaviest test: on whichever worker is free
 def test_full_snapshot_data_stages(tmp_path):
