@@ -24,7 +24,9 @@ from iconforge.paths import BASE_JSON
 from iconforge.evaluate.style import ANALYSIS_SIZE, style_metrics
 from iconforge.tracking import start_run, write_run_json
 
-PARAMS = "evaluate: {clip_model: ViT-B-32, clip_pretrained: laion2b_s34b_b79k, max_real_images: 3}\n"
+PARAMS = ("evaluate: {clip_model: ViT-B-32, clip_pretrained: laion2b_s34b_b79k, max_real_images: 3, "
+          "inception_weights: '', fid_min_samples: 3, is_splits: 1, is_min_per_split: 3, kid_subset_size: 1000, "
+          "kid_subsets: 100}\n")
 N_PROMPTS = 3
 
 
