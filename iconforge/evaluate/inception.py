@@ -125,10 +125,17 @@ def load_inception(weights: str | None, device: str = "cpu") -> Inception:
     data = path.read_bytes()
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        if not isinstance(state, dict):
+            raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
+        missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
+        if missing or unexpected:
+            raise KeyError(f"{len(missing)} of its tensors missing (e.g. {min(missing, default='-')}), "
+                           f"{len(unexpected)} unexpected (e.g. {min(unexpected, default='-')})")
         model.load_state_dict(state)
     except Exception as e:  # unpickling and state-dict errors come in many types; all mean "not this file"
+        why = " ".join(str(e).split())[:300]
         raise InceptionWeightsError(f"{WEIGHTS_KEY}={weights!r}: not a state dict of the FID Inception-v3 "
-                             f"({type(e).__name__}: {str(e)[:300]}). {_how_to()}") from e
+                                    f"({type(e).__name__}: {why}). {_how_to()}") from e
     return Inception(model.to(device), device, str(path), hashlib.sha256(data).hexdigest())
 
 
