@@ -168,7 +168,11 @@ def test_model_card_names_base_license_trigger_and_credits():
                   {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
                   {"steps": 1000, "effective_batch_size": 1, "train_images": 2000, "skipped_images": 0,
                    "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
-                  {"lora": scores, "base": scores},
+                  {"lora": {**scores, "fid": None, "kid": 0.0123, "inception_score": None},
+                   "base": {**scores, "fid": None, "kid": 0.0456, "inception_score": None},
+                   "inception": {"weights": "/w.pth", "standard_weights": True, "count": {"lora": 8, "real": 200},
+                                 "refused": {"fid": "FID needs >= 2048 images per set", "kid": None,
+                                             "inception_score": "Inception Score needs >= 50 images per split"}}},
                   {"dataset": {"images": 2200, "by_split": {"train": 2000, "validation": 200},
                                "by_license": {"cc-by-4.0": {"train": 1500, "validation": 150},
                                               "cc-0": {"train": 500, "validation": 50}}}},
@@ -182,3 +186,6 @@ def test_model_card_names_base_license_trigger_and_credits():
     assert "rank32" in card.text and "abc123" in card.text and "`f00`" in card.text
     assert "seconds_per_step" not in card.text and "1.7" not in card.text  # no timings: same inputs, same bytes
     assert "Test build" not in card.text
+    assert "On the FID Inception-v3 (the published weights), 8 samples per model against 200 held-out" in card.text
+    assert "| FID (lower is closer) | not reported: FID needs >= 2048 images per set |" in card.text
+    assert "| KID (lower is closer) | LoRA 0.0123 / base 0.0456 |" in card.text

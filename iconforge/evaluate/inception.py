@@ -52,7 +52,7 @@ IS_SHUFFLE_SEED = 0
 KID_MIN_SAMPLES = 2  # the unbiased estimator leaves out self-pairs: fewer than 2 leaves nothing
 # The documented minimums (params.yaml defaults); eval.json says when a run set lower ones.
 RECOMMENDED_FID_MIN_SAMPLES = 2048  # = the feature dimension: below it the covariance estimate is singular
-RECOMMENDED_IS_MIN_PER_SPLIT = 50  # IS of a split is at most its image count; 50 keeps that cap far above icons' IS
+RECOMMENDED_IS_MIN_PER_SPLIT = 50  # a split of n images scores at most n: 50 keeps that cap well above one style's IS
 POOL, LOGITS = "2048", "logits_unbiased"
 BATCH = 16
 
