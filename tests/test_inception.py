@@ -145,9 +145,14 @@ def test_missing_or_unloadable_inception_weights_say_what_to_do(tmp_path):
     garbage.write_bytes(b"not a checkpoint" * 100)
     with pytest.raises(InceptionWeightsError, match="not a state dict of the FID Inception-v3"):
         load_inception(str(garbage))
+    tensor = tmp_path / "tensor.pth"
+    torch.save(torch.zeros(2), tensor)
+    with pytest.raises(InceptionWeightsError, match="holds a Tensor, not a dict of tensors"):
+        load_inception(str(tensor))
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(3)}, wrong)
-    with pytest.raises(InceptionWeightsError, match=r"not a state dict of the FID Inception-v3 .*tensors missing \(e.g. Conv2d_1a_3x3.bn.bias\)"):
+    with pytest.raises(InceptionWeightsError, match=r"not a state dict of the FID Inception-v3 \(ValueError: 565 of the network's tensors are not in it "
+                                                  r"\(e.g. Conv2d_1a_3x3.bn.bias\), 0 of its tensors"):
         load_inception(str(wrong))
 
 
@@ -165,6 +170,25 @@ def test_weights_load_from_a_local_file_and_random_init_is_fixed(tmp_path, rando
     assert torch.equal(features(local, images, 32)[1], logits)
     assert local.weights == str(ckpt) and len(local.sha256) == 64 and not local.standard
     assert random_inception.weights == "random-init" and random_inception.sha256 is None
+
+
+class LegacyDict(dict):
+    """A type weights_only unpickling refuses, standing in for whatever an old checkpoint pickled."""
+
+
+def test_only_the_published_file_may_need_full_unpickling(tmp_path, random_inception, monkeypatch):
+    import hashlib
+
+    from iconforge.evaluate import inception
+
+    ckpt = tmp_path / "legacy.pth"
+    torch.save(LegacyDict(random_inception.model.state_dict()), ckpt)
+    with pytest.raises(InceptionWeightsError, match="UnpicklingError"):
+        load_inception(str(ckpt))  # an unknown file: no code of it runs
+    monkeypatch.setattr(inception, "STANDARD_SHA256_PREFIX", hashlib.sha256(ckpt.read_bytes()).hexdigest()[:8])
+    loaded = load_inception(str(ckpt))  # as if it were the published one (its hash): loaded as torch-fidelity does
+    assert loaded.standard
+    assert torch.equal(features(loaded, [icon(0)], 32)[0], features(random_inception, [icon(0)], 32)[0])
 
 
 def test_inception_metrics_report_numbers_or_refusals(random_inception):

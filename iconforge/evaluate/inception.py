@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,7 +94,7 @@ class Inception:
 
 def _random_init(model: torch.nn.Module, seed: int = RANDOM_INCEPTION_SEED) -> None:
     """He-normal weights from `seed` (batch norms stay identity in eval mode). PyTorch's default init
-    shrinks activations through Inception's ~100 layers to ~1e-8, which would round every number to 0."""
+    shrinks activations through Inception's depth to ~1e-8, which would round every number to 0."""
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for m in model.modules():
@@ -112,32 +113,46 @@ def _how_to() -> str:
 def load_inception(weights: str | None, device: str = "cpu") -> Inception:
     """The FID Inception-v3 with the weights in the local file `weights`;
     None = random weights from a fixed seed (the tiny preset's smoke run)."""
-    model = _Extractor("inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=_no_weights())
     if weights is None:
+        model = _Extractor("inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=_no_weights())
         _random_init(model)
         return Inception(model.to(device), device, "random-init", None)
-    path = Path(weights)
     if not weights.strip():
-        raise InceptionWeightsError(f"{WEIGHTS_KEY} is empty: FID, KID and Inception Score need the FID Inception-v3 "
-                             f"weights as a local file (they are never downloaded at run time). {_how_to()}")
+        raise InceptionWeightsError(f"{WEIGHTS_KEY} is empty: FID, KID and Inception Score need the FID "
+                                    f"Inception-v3 weights as a local file (never downloaded at run time). "
+                                    f"{_how_to()}")
+    path = Path(weights)
     if not path.is_file():
         raise InceptionWeightsError(f"{WEIGHTS_KEY}={weights!r}: no such file. {_how_to()}")
     data = path.read_bytes()
+    sha256 = hashlib.sha256(data).hexdigest()
+    model = _Extractor("inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=_no_weights())
     try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-        if not isinstance(state, dict):
-            raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
-        missing, unexpected = model.state_dict().keys() - state.keys(), state.keys() - model.state_dict().keys()
-        if missing or unexpected:
-            raise KeyError(f"{len(missing)} of its tensors missing (e.g. {min(missing, default='-')}), "
-                           f"{len(unexpected)} unexpected (e.g. {min(unexpected, default='-')})")
-        model.load_state_dict(state)
+        model.load_state_dict(_state_dict(data, trusted=sha256.startswith(STANDARD_SHA256_PREFIX), model=model))
     except Exception as e:  # unpickling and state-dict errors come in many types; all mean "not this file"
         why = " ".join(str(e).split())[:300]
         raise InceptionWeightsError(f"{WEIGHTS_KEY}={weights!r}: not a state dict of the FID Inception-v3 "
                                     f"({type(e).__name__}: {why}). {_how_to()}") from e
-    return Inception(model.to(device), device, str(path), hashlib.sha256(data).hexdigest())
+    return Inception(model.to(device), device, str(path), sha256)
 
+
+def _state_dict(data: bytes, trusted: bool, model: torch.nn.Module) -> dict:
+    """The file's tensors, checked against the network's names. Loaded with weights_only (no code runs);
+    only the published file (by its hash) may fall back to a full unpickling, as torch-fidelity loads it."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        if not trusted:
+            raise
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+    if not isinstance(state, dict):
+        raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
+    expected = model.state_dict().keys()
+    missing, unexpected = expected - state.keys(), state.keys() - expected
+    if missing or unexpected:
+        raise ValueError(f"{len(missing)} of the network's tensors are not in it (e.g. {min(missing, default='-')}), "
+                         f"{len(unexpected)} of its tensors are not the network's (e.g. {min(unexpected, default='-')})")
+    return state
 
 
 def _uint8(images: list[Image.Image], size: int) -> torch.Tensor:
