@@ -17,12 +17,12 @@ def _flat(d: dict, prefix: str = "eval") -> dict[str, float]:
 
 
 def _inception_text(summary: dict) -> str:
-    """FID 12.3 / 15.1, KID 0.0123 / 0.0151, IS 3.21 / 2.95 (lora / base), "refused" where refused."""
+    """`lora/base FID 12.34 / 15.10, KID 0.0123 / 0.0151, IS refused`: "refused" where eval.json has null."""
     def pair(key: str, fmt: str) -> str:
         values = [summary[kind][key] for kind in ("lora", "base")]
         return "refused" if None in values else " / ".join(format(v, fmt) for v in values)
 
-    return (f"lora/base FID {pair('fid', '.2f')}, KID {pair('kid', '.4f')}, IS {pair('inception_score', '.2f')}"
+    return (f"lora/base FID {pair('fid', '.2f')}, KID {pair('kid', '.4f')}, IS {pair('inception_score', '.4f')}"
             + (" (random Inception)" if summary["smoke"] else ""))
 
 
@@ -32,7 +32,8 @@ def main() -> None:
     import torch
 
     from iconforge.atomic import write_json
-    from iconforge.evaluate.inception import Limits, inception_metrics, load_inception
+    from iconforge.evaluate.inception import (STANDARD_SHA256_PREFIX, WEIGHTS_FILE, Limits, inception_metrics,
+                                              load_inception)
     from iconforge.evaluate.latent_mmd import latent_distances, load_vae, ratio_text
     from iconforge.evaluate.metrics import (CMMD_SCALE, CMMD_SIGMA, SMOKE_NOTE, evaluate, load_clip,
                                             load_real_images, sample_images)
@@ -49,6 +50,10 @@ def main() -> None:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
     inception = load_inception(None if smoke else cfg.inception_weights, device)
+    if not smoke and not inception.standard:
+        print(f"evaluate: {cfg.inception_weights} is not the published FID Inception weights ({WEIGHTS_FILE}, "
+              f"sha256 {STANDARD_SHA256_PREFIX}...; this one {inception.sha256[:8]}...): FID, KID and IS will not "
+              f"compare with published numbers")
     real = load_real_images(paths.VALIDATION_SPLIT, cfg.max_real_images)
     summary, rows = evaluate(paths.SAMPLES, index, real, clip)
     generated = {kind: sample_images(paths.SAMPLES, index, kind) for kind in ("lora", "base")}

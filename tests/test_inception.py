@@ -11,7 +11,7 @@ from torch_fidelity.metric_fid import fid_statistics_to_metric
 from torch_fidelity.metric_kid import kernel_mmd
 
 from iconforge.evaluate.inception import (RECOMMENDED_FID_MIN_SAMPLES, RECOMMENDED_IS_MIN_PER_SPLIT, WEIGHTS_FILE,
-                                          InceptionWeightsError, Limits, features, fid, fid_refusal,
+                                          Inception, InceptionWeightsError, Limits, features, fid, fid_refusal,
                                           frechet_distance, inception_metrics, inception_score, is_refusal, kid,
                                           load_inception, polynomial_mmd2)
 
@@ -204,7 +204,12 @@ def test_inception_metrics_report_numbers_or_refusals(random_inception):
     assert info["below_documented_minimums"] == ["evaluate.fid_min_samples=3 (documented minimum 2048)",
                                                  "evaluate.is_min_per_split=3 (documented minimum 50)"]
 
-    scores, info = inception_metrics(random_inception, generated, real, 32, Limits(2048, 10, 50, 1000, 10))
+    def fake(batch):  # the refusals do not depend on the network: random features, no Inception pass
+        gen = torch.Generator().manual_seed(len(batch))
+        return torch.randn(len(batch), 2048, generator=gen), torch.randn(len(batch), 1008, generator=gen)
+
+    scores, info = inception_metrics(Inception(fake, "cpu", "random-init", None), generated, real, 32,
+                                     Limits(2048, 10, 50, 1000, 10))
     for kind in ("lora", "base"):
         assert scores[kind]["fid"] is None and scores[kind]["inception_score"] is None
         assert scores[kind]["inception_score_std"] is None and scores[kind]["kid"] is not None
