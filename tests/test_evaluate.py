@@ -197,7 +197,8 @@ def test_scores_below_the_minimums_are_null_with_the_reason(project, capsys):
     for kind in ("lora", "base"):
         assert m[kind]["fid"] is None and m[kind]["inception_score"] is None and m[kind]["kid"] is not None
     refused = m["inception"]["refused"]
-    assert refused["fid"].startswith("FID needs >= 2048 images per set (evaluate.fid_min_samples); got 3 lora")
+    assert refused["fid"].startswith("FID needs >= 2048 images per set (evaluate.fid_min_samples); "
+                                     "got 3 lora samples, 3 base samples, 3 held-out images.")
     assert refused["inception_score"].startswith("Inception Score needs >= 3 images per split x 10 splits = 30")
     out = capsys.readouterr().out
     assert "evaluate: fid not reported: FID needs >= 2048" in out

@@ -93,7 +93,8 @@ def test_fid_of_feature_sets_matches_a_direct_computation():
 
 def test_fid_is_refused_below_the_minimum_with_the_reason():
     why = fid_refusal({"lora": 12, "base": 12, "real": 32}, RECOMMENDED_FID_MIN_SAMPLES)
-    assert why.startswith("FID needs >= 2048 images per set (evaluate.fid_min_samples); got 12 lora, 12 base, 32 real")
+    assert why.startswith("FID needs >= 2048 images per set (evaluate.fid_min_samples); "
+                          "got 12 lora samples, 12 base samples, 32 held-out images.")
     assert "singular" in why and "KID" in why
     assert fid_refusal({"lora": 2048, "real": 2048}, 2048) is None
 
@@ -151,8 +152,9 @@ def test_missing_or_unloadable_inception_weights_say_what_to_do(tmp_path):
         load_inception(str(tensor))
     wrong = tmp_path / "wrong.pth"
     torch.save({"fc.weight": torch.zeros(3)}, wrong)
-    with pytest.raises(InceptionWeightsError, match=r"not a state dict of the FID Inception-v3 \(ValueError: 565 of the network's tensors are not in it "
-                                                  r"\(e.g. Conv2d_1a_3x3.bn.bias\), 0 of its tensors"):
+    with pytest.raises(InceptionWeightsError, match=r"not a state dict of the FID Inception-v3 \(ValueError: 565 of "
+                                                    r"the network's tensors are not in it \(e.g. Conv2d_1a_3x3.bn.bias\), "
+                                                    r"0 of its tensors"):
         load_inception(str(wrong))
 
 

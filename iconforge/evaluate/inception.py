@@ -151,7 +151,8 @@ def _state_dict(data: bytes, trusted: bool, model: torch.nn.Module) -> dict:
     missing, unexpected = expected - state.keys(), state.keys() - expected
     if missing or unexpected:
         raise ValueError(f"{len(missing)} of the network's tensors are not in it (e.g. {min(missing, default='-')}), "
-                         f"{len(unexpected)} of its tensors are not the network's (e.g. {min(unexpected, default='-')})")
+                         f"{len(unexpected)} of its tensors are not the network's "
+                         f"(e.g. {min(unexpected, default='-')})")
     return state
 
 
@@ -249,12 +250,16 @@ class Limits:
     kid_subsets: int
 
 
+def _counted(counts: dict[str, int]) -> str:
+    """`12 lora samples, 12 base samples, 32 held-out images`"""
+    return ", ".join(f"{n} {'held-out images' if k == 'real' else f'{k} samples'}" for k, n in counts.items())
+
+
 def fid_refusal(counts: dict[str, int], minimum: int) -> str | None:
     """Why FID is not reported for sets of these sizes, or None."""
-    short = {k: n for k, n in counts.items() if n < minimum}
-    if not short:
+    if min(counts.values()) >= minimum:
         return None
-    got = ", ".join(f"{n} {k}" for k, n in counts.items())
+    got = _counted(counts)
     return (f"FID needs >= {minimum} images per set (evaluate.fid_min_samples); got {got}. FID from few images is "
             f"biased upwards (roughly like 1/n), and below {RECOMMENDED_FID_MIN_SAMPLES} images, the feature "
             f"dimension, the covariance estimate is singular. KID is unbiased at any size: read it instead")
@@ -273,7 +278,7 @@ def is_refusal(count: int, splits: int, min_per_split: int) -> str | None:
 def kid_refusal(counts: dict[str, int]) -> str | None:
     if min(counts.values()) >= KID_MIN_SAMPLES:
         return None
-    got = ", ".join(f"{n} {k}" for k, n in counts.items())
+    got = _counted(counts)
     return f"KID needs >= {KID_MIN_SAMPLES} images per set (the unbiased estimator leaves out self-pairs); got {got}"
 
 
