@@ -298,10 +298,20 @@ class EvaluateConfig(Section):
     section: typing.ClassVar[str] = "evaluate"
     clip_model: str  # open_clip architecture name
     clip_pretrained: str  # open_clip pretrained tag or a local checkpoint path
-    max_real_images: int  # held-out real icons used as CMMD reference
+    max_real_images: int  # held-out real icons used as CMMD / FID / KID reference
+    # Local file of the FID Inception-v3 weights (weights-inception-2015-12-05-6726825d.pth, torch-fidelity's
+    # release); never downloaded. Needed unless model.base is tiny (smoke run: random Inception).
+    inception_weights: str
+    fid_min_samples: int  # FID is refused (null + reason in eval.json) with fewer images in any set
+    is_splits: int  # Inception Score splits (the protocol's 10)
+    is_min_per_split: int  # IS is refused with fewer images per split (a split of n scores at most n)
+    kid_subset_size: int  # KID subset size, capped at the smaller set's size
+    kid_subsets: int  # KID random subset pairs (fixed seed); mean and std over them
 
     def __post_init__(self):
-        self.positive("max_real_images")
+        self.positive("max_real_images", "is_splits", "kid_subsets")
+        for name in ("fid_min_samples", "is_min_per_split", "kid_subset_size"):
+            _check(getattr(self, name) >= 2, self.key(name), "must be >= 2", getattr(self, name))
 
 
 @dataclass(frozen=True)

@@ -170,7 +170,11 @@ def _card(dataset, by_license: dict, prompt: str) -> "ModelCard":
         {"run_id": "abc123", "experiment": "iconforge", "dvc_exp_name": "rank32", "git_commit": "f00"},
         {"steps": 1000, "effective_batch_size": 1, "train_images": train, "skipped_images": 0,
          "trainable_params": 18_700_000, "final_loss": 0.31, "seconds_per_step": 1.7},
-        {"lora": scores, "base": scores},
+        {"lora": {**scores, "fid": None, "kid": 0.0123, "inception_score": None},
+         "base": {**scores, "fid": None, "kid": 0.0456, "inception_score": None},
+         "inception": {"weights": "/w.pth", "standard_weights": True, "count": {"lora": 8, "real": 200},
+                       "refused": {"fid": "FID needs >= 2048 images per set", "kid": None,
+                                   "inception_score": "Inception Score needs >= 50 images per split"}}},
         {"dataset": {"images": train + 200, "by_split": {"train": train, "validation": 200}, "by_license": by_license}},
         {"steps": 28, "guidance": 3.5, "samples": [{"prompt": prompt}]}))
 
@@ -192,6 +196,9 @@ def test_model_card_names_base_license_trigger_and_credits():
     assert "rank32" in card.text and "abc123" in card.text and "`f00`" in card.text
     assert "seconds_per_step" not in card.text and "1.7" not in card.text  # no timings: same inputs, same bytes
     assert "Test build" not in card.text
+    assert "On the FID Inception-v3 (the published weights), 8 samples per model against 200 held-out" in card.text
+    assert "| FID (lower is closer) | not reported: FID needs >= 2048 images per set |" in card.text
+    assert "| KID (lower is closer) | LoRA 0.0123 / base 0.0456 |" in card.text
 
 
 def test_model_card_of_a_logo_run_names_the_parquet_dataset():

@@ -19,12 +19,15 @@ from PIL import Image, ImageDraw
 from iconforge.atomic import write_json
 from iconforge.config import ModelConfig
 from iconforge.flux.models import resolve_base
+from iconforge.evaluate.inception import InceptionWeightsError
 from iconforge.evaluate.metrics import ClipWeightsError, clip_scores, cmmd, embed_images, load_clip
 from iconforge.paths import BASE_JSON
 from iconforge.evaluate.style import ANALYSIS_SIZE, style_metrics
 from iconforge.tracking import start_run, write_run_json
 
-PARAMS = "evaluate: {clip_model: ViT-B-32, clip_pretrained: laion2b_s34b_b79k, max_real_images: 3}\n"
+PARAMS = ("evaluate: {clip_model: ViT-B-32, clip_pretrained: laion2b_s34b_b79k, max_real_images: 3, "
+          "inception_weights: '', fid_min_samples: 3, is_splits: 1, is_min_per_split: 3, kid_subset_size: 1000, "
+          "kid_subsets: 100}\n")
 N_PROMPTS = 3
 
 
@@ -154,6 +157,16 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
     assert "unbiased" in latent["estimator"] and latent["count"] == {"lora": 3, "base": 3, "icons": 3, "control": 3}
     assert 0 < latent["icons"]["lora"] < latent["icons"]["base"] and 0 < latent["icons"]["ratio"] < 1
     assert set(latent["control"]) == {"lora", "base", "ratio"}
+    inc = m["inception"]  # random-init Inception: numbers (the minimums are lowered in PARAMS), marked smoke
+    assert inc["weights"] == "random-init" and inc["weights_sha256"] is None and inc["standard_weights"] is False
+    assert inc["count"] == {"lora": 3, "base": 3, "real": 3} and inc["size"] == 64
+    assert inc["refused"] == {"fid": None, "kid": None, "inception_score": None}
+    assert inc["kid_subset_size"] == 3 and inc["kid_subsets"] == 1
+    assert len(inc["below_documented_minimums"]) == 2
+    for kind in ("lora", "base"):
+        assert m[kind]["fid"] > 0 and m[kind]["inception_score"] >= 1 and m[kind]["inception_score_std"] == 0
+    assert m["lora"]["fid"] < m["base"]["fid"]  # flat icons nearer the held-out icons than noise, even so
+    assert "FID, KID and Inception Score only show that evaluation runs" in m["note"]
 
     with open(project / "metrics/eval_per_prompt.csv", newline="") as f:
         rows = list(csv.DictReader(f))
@@ -167,9 +180,32 @@ def test_evaluate_stage_smoke_run_on_tiny(project):
     assert logged["eval.lora.clip_score"] == pytest.approx(m["lora"]["clip_score"])
     assert logged["eval.gap.base.palette_size"] == pytest.approx(m["gap"]["base"]["palette_size"])
     assert logged["eval.latent_mmd.icons.ratio"] == pytest.approx(latent["icons"]["ratio"])
+    assert logged["eval.lora.fid"] == pytest.approx(m["lora"]["fid"])
+    assert logged["eval.base.kid"] == pytest.approx(m["base"]["kid"])
 
     evaluate.main()  # same inputs, same bytes
     assert (project / "metrics/eval.json").read_bytes() == first
+
+
+def test_scores_below_the_minimums_are_null_with_the_reason(project, capsys):
+    from stages import evaluate
+
+    (project / "params.yaml").write_text(PARAMS.replace("fid_min_samples: 3", "fid_min_samples: 2048")
+                                         .replace("is_splits: 1", "is_splits: 10"))
+    evaluate.main()
+    m = json.loads((project / "metrics/eval.json").read_text())
+    for kind in ("lora", "base"):
+        assert m[kind]["fid"] is None and m[kind]["inception_score"] is None and m[kind]["kid"] is not None
+    refused = m["inception"]["refused"]
+    assert refused["fid"].startswith("FID needs >= 2048 images per set (evaluate.fid_min_samples); "
+                                     "got 3 lora samples, 3 base samples, 3 held-out images.")
+    assert refused["inception_score"].startswith("Inception Score needs >= 3 images per split x 10 splits = 30")
+    out = capsys.readouterr().out
+    assert "evaluate: fid not reported: FID needs >= 2048" in out
+    assert "evaluate: inception_score not reported: Inception Score needs" in out
+    assert "FID refused, KID " in out and "IS refused (random Inception)" in out
+    flat = evaluate._flat({k: m[k] for k in ("lora", "base")})  # what goes to MLflow: nulls are left out
+    assert "eval.lora.kid" in flat and "eval.lora.fid" not in flat and "eval.base.inception_score" not in flat
 
 
 def test_index_naming_another_file_is_refused(project):
@@ -199,6 +235,19 @@ def test_missing_clip_weights_fail_fast_and_say_what_to_do(project, monkeypatch)
         load_clip("ViT-B-32", "weights/missing.safetensors")
     with pytest.raises(ClipWeightsError, match="evaluate.clip_model='ViT-Q-99': not an open_clip architecture"):
         load_clip("ViT-Q-99", None)
+
+
+def test_missing_inception_weights_fail_fast_and_say_what_to_do(project, monkeypatch):
+    from iconforge.evaluate import metrics
+    from stages import evaluate
+
+    write_json(project / "models/base" / BASE_JSON, {"base": "org/model", "kind": "hub", "revision": "x"})
+    monkeypatch.setattr(metrics, "load_clip", lambda *args: None)  # as if the CLIP weights were there
+    with pytest.raises(InceptionWeightsError, match=r"evaluate.inception_weights is empty") as e:
+        evaluate.main()
+    assert "set evaluate.inception_weights to its path" in str(e.value)
+    assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value)
+    assert not (project / "metrics/eval.json").exists()
 
 
 def test_clip_from_a_local_checkpoint_file(tmp_path):

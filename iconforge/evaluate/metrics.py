@@ -5,6 +5,7 @@ CMMD (Jayasumana et al. 2024, "Rethinking FID") = MMD with a Gaussian RBF
 kernel (sigma 10) between unit CLIP image embeddings of generated and real
 images, times 1000; unlike FID it assumes no normal distribution and is usable
 with a handful of samples.
+FID, KID and Inception Score: iconforge/evaluate/inception.py.
 """
 from __future__ import annotations
 
@@ -31,9 +32,9 @@ CMMD_SIGMA, CMMD_SCALE = 10.0, 1000.0
 RANDOM_CLIP_SEED = 0
 BATCH = 32
 KINDS = ("base", "lora")
-SMOKE_NOTE = ("tiny preset: random-weight CLIP, so CLIP score and CMMD only show that evaluation runs end "
-              "to end; they say nothing about image quality. latent_mmd is measured in the tiny model's own "
-              "latent space and needs no pretrained weights.")
+SMOKE_NOTE = ("tiny preset: random-weight CLIP and Inception-v3, so CLIP score, CMMD, FID, KID and Inception "
+              "Score only show that evaluation runs end to end; they say nothing about image quality. "
+              "latent_mmd is measured in the tiny model's own latent space and needs no pretrained weights.")
 
 
 class ClipWeightsError(StageError, RuntimeError):
@@ -194,11 +195,11 @@ def evaluate(samples_dir: Path, index: dict, real: list[Image.Image], clip: Clip
         summary["gap"][kind] = {m: abs(summary[kind][m] - summary["real"][m]) for m in METRICS}
     rows = [{"prompt": s["prompt"], "kind": kind, "seed": s["seed"], **per_kind[kind][i]}
             for i, s in enumerate(samples) for kind in KINDS]
-    return _rounded(summary), [_rounded(r) for r in rows]
+    return rounded(summary), [rounded(r) for r in rows]
 
 
-def _rounded(obj):
+def rounded(obj):
     """6 significant decimals: stable bytes across runs, no float noise in diffs."""
     if isinstance(obj, dict):
-        return {k: _rounded(v) for k, v in obj.items()}
+        return {k: rounded(v) for k, v in obj.items()}
     return round(obj, 6) if isinstance(obj, float) else obj

@@ -58,6 +58,24 @@ def _table(rows: list[tuple[str, object]]) -> str:
     return "\n".join(["| | |", "| --- | --- |"] + [f"| {k} | {v} |" for k, v in rows])
 
 
+def _inception_lines(eval_metrics: dict) -> list[str]:
+    """FID, KID and Inception Score, or why one is not reported (an eval.json from before them: nothing)."""
+    info = eval_metrics.get("inception")
+    if not info:
+        return []
+    rows = []
+    for key, name, fmt in (("fid", "FID (lower is closer)", ".2f"), ("kid", "KID (lower is closer)", ".4f"),
+                           ("inception_score", "Inception Score", ".2f")):
+        lora, base = eval_metrics["lora"].get(key), eval_metrics["base"].get(key)
+        rows.append((name, f"not reported: {info['refused'][key]}" if lora is None or base is None
+                     else f"LoRA {lora:{fmt}} / base {base:{fmt}}"))
+    weights = ("the published weights" if info["standard_weights"]
+               else "random weights" if info["weights"] == "random-init" else "non-standard weights")
+    count = info["count"]
+    return ["", f"On the FID Inception-v3 ({weights}), {count['lora']} samples per model against "
+                f"{count['real']} held-out images:", "", _table(rows)]
+
+
 def render(model: ModelConfig, train: TrainConfig, trigger: str, dataset: Dataset, run: dict, train_metrics: dict,
            eval_metrics: dict, data_metrics: dict, index: dict) -> str:
     """README.md's text from models/run.json, metrics/{train,eval,data}.json and samples/index.json."""
@@ -133,6 +151,7 @@ def render(model: ModelConfig, train: TrainConfig, trigger: str, dataset: Datase
         "",
         _table([(m, f"LoRA {eval_metrics['lora'][m]:.3f} / base {eval_metrics['base'][m]:.3f}")
                 for m in EVAL_FIELDS]),
+        *_inception_lines(eval_metrics),
         "",
         "## Limitations",
         "",
