@@ -49,8 +49,10 @@ def main() -> None:
     smoke = read_base(paths.BASE)["kind"] == TINY  # random FLUX: pretrained CLIP would add nothing but a download
     device = "cuda" if torch.cuda.is_available() else "cpu"
     clip = load_clip(cfg.clip_model, None if smoke else cfg.clip_pretrained, device)  # fail fast, before any work
-    inception = load_inception(None if smoke else cfg.inception_weights, device)
-    if not smoke and not inception.standard:
+    # Optional: with no weights file configured, FID/KID/IS are recorded as not computed and why.
+    inception = (load_inception(None if smoke else cfg.inception_weights, device)
+                 if smoke or cfg.inception_weights.strip() else None)
+    if inception and not smoke and not inception.standard:
         print(f"evaluate: {cfg.inception_weights} is not the published FID Inception weights ({WEIGHTS_FILE}, "
               f"sha256 {STANDARD_SHA256_PREFIX}...; this one {inception.sha256[:8]}...): FID, KID and IS will not "
               f"compare with published numbers")

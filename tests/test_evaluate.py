@@ -237,13 +237,24 @@ def test_missing_clip_weights_fail_fast_and_say_what_to_do(project, monkeypatch)
         load_clip("ViT-Q-99", None)
 
 
-def test_missing_inception_weights_fail_fast_and_say_what_to_do(project, monkeypatch):
+def test_inception_weights_optional_but_a_missing_file_fails_fast(project, monkeypatch):
+    """evaluate.inception_weights empty: FID, KID and IS are recorded as not computed, saying how to get
+    them (a long training run is not failed for an optional metric). Set to a missing file: the stage
+    stops before any work, naming the param and the file to download."""
     from iconforge.evaluate import metrics
+    from iconforge.evaluate.inception import Limits, NOT_CONFIGURED, inception_metrics
     from stages import evaluate
 
+    scores, info = inception_metrics(None, {"lora": [flat_icon(0)] * 3, "base": [noise(0)] * 3}, [flat_icon(1)] * 3,
+                                     64, Limits(2, 2, 1, 1000, 10))
+    assert all(v is None for s in scores.values() for v in s.values())
+    assert info["refused"] == dict.fromkeys(("fid", "kid", "inception_score"), NOT_CONFIGURED)
+    assert "weights-inception-2015-12-05-6726825d.pth" in NOT_CONFIGURED and info["weights"] is None
+
     write_json(project / "models/base" / BASE_JSON, {"base": "org/model", "kind": "hub", "revision": "x"})
+    (project / "params.yaml").write_text(PARAMS.replace("inception_weights: ''", "inception_weights: weights/nope.pth"))
     monkeypatch.setattr(metrics, "load_clip", lambda *args: None)  # as if the CLIP weights were there
-    with pytest.raises(InceptionWeightsError, match=r"evaluate.inception_weights is empty") as e:
+    with pytest.raises(InceptionWeightsError, match=r"evaluate.inception_weights='weights/nope.pth': no such file") as e:
         evaluate.main()
     assert "set evaluate.inception_weights to its path" in str(e.value)
     assert "weights-inception-2015-12-05-6726825d.pth" in str(e.value)

@@ -282,19 +282,29 @@ def kid_refusal(counts: dict[str, int]) -> str | None:
     return f"KID needs >= {KID_MIN_SAMPLES} images per set (the unbiased estimator leaves out self-pairs); got {got}"
 
 
-def inception_metrics(inception: Inception, generated: dict[str, list[Image.Image]], real: list[Image.Image],
+NOT_CONFIGURED = (f"{WEIGHTS_KEY} is empty, so FID, KID and Inception Score were not computed (the other "
+                  f"metrics were). {_how_to()}")
+
+
+def inception_metrics(inception: Inception | None, generated: dict[str, list[Image.Image]], real: list[Image.Image],
                       size: int, limits: Limits) -> tuple[dict[str, dict], dict]:
     """Per generated kind {fid, kid, kid_std, inception_score, inception_score_std} against `real`, None where
-    refused, and a summary of the settings, counts and refusal reasons. All images are brought to `size`."""
-    real_pool, _ = features(inception, real, size, "inception real")
+    refused, and a summary of the settings, counts and refusal reasons. All images are brought to `size`.
+    inception None (no weights configured): all three refused, saying how to configure them."""
     counts = {**{kind: len(images) for kind, images in generated.items()}, "real": len(real)}
-    refused = {"fid": fid_refusal(counts, limits.fid_min_samples), "kid": kid_refusal(counts),
-               "inception_score": None}
-    scores: dict[str, dict] = {}
+    scores: dict[str, dict] = {kind: dict.fromkeys(("fid", "kid", "kid_std", "inception_score", "inception_score_std"))
+                               for kind in generated}
     kid_used = [None, None]  # subset size and count actually used
+    if inception is None:
+        refused = dict.fromkeys(("fid", "kid", "inception_score"), NOT_CONFIGURED)
+        generated = {}  # nothing to compute
+    else:
+        real_pool, _ = features(inception, real, size, "inception real")
+        refused = {"fid": fid_refusal(counts, limits.fid_min_samples), "kid": kid_refusal(counts),
+                   "inception_score": None}
     for kind, images in generated.items():
         pool, logits = features(inception, images, size, f"inception {kind}")
-        s = dict.fromkeys(("fid", "kid", "kid_std", "inception_score", "inception_score_std"))
+        s = scores[kind]
         if refused["fid"] is None:
             s["fid"] = fid(pool, real_pool)
         if refused["kid"] is None:
@@ -304,11 +314,11 @@ def inception_metrics(inception: Inception, generated: dict[str, list[Image.Imag
             s["inception_score"], s["inception_score_std"] = inception_score(logits, limits.is_splits)
         else:
             refused["inception_score"] = why
-        scores[kind] = s
     lowered = [f"evaluate.{k}={v} (documented minimum {rec})" for k, v, rec in (
         ("fid_min_samples", limits.fid_min_samples, RECOMMENDED_FID_MIN_SAMPLES),
         ("is_min_per_split", limits.is_min_per_split, RECOMMENDED_IS_MIN_PER_SPLIT)) if v < rec]
-    info = {"weights": inception.weights, "weights_sha256": inception.sha256, "standard_weights": inception.standard,
+    info = {"weights": inception and inception.weights, "weights_sha256": inception and inception.sha256,
+            "standard_weights": bool(inception and inception.standard),
             "size": size, "count": counts, "fid_min_samples": limits.fid_min_samples,
             "is_splits": limits.is_splits, "is_min_per_split": limits.is_min_per_split,
             "kid_subset_size": kid_used[0], "kid_subsets": kid_used[1], "refused": refused,

@@ -63,6 +63,9 @@ def _inception_lines(eval_metrics: dict) -> list[str]:
     info = eval_metrics.get("inception")
     if not info:
         return []
+    if info["weights"] is None:
+        return ["", "FID, KID and Inception Score were not computed: `evaluate.inception_weights` names no "
+                    "weights file."]
     rows = []
     for key, name, fmt in (("fid", "FID (lower is closer)", ".2f"), ("kid", "KID (lower is closer)", ".4f"),
                            ("inception_score", "Inception Score", ".2f")):
