@@ -82,7 +82,7 @@ def main() -> None:
     print(f"evaluate: CLIP score lora {summary['lora']['clip_score']:.2f} / base {summary['base']['clip_score']:.2f}, "
           f"CMMD lora {summary['lora']['cmmd']:.3f} / base {summary['base']['cmmd']:.3f}"
           + (" (smoke run: random CLIP, no meaning)" if smoke else "")
-          + f"; latent MMD^2 lora/base: to held-out icons {ratio_text(latent['icons']['ratio'])}, "
+          + f"; latent MMD^2 lora/base: to held-out images {ratio_text(latent['icons']['ratio'])}, "
           f"to control shapes {ratio_text(latent['control']['ratio'])}; {_inception_text(summary)}"
           f" -> {paths.EVAL_METRICS}")
 
