@@ -61,8 +61,8 @@ def measured(fn) -> tuple[float, float, float]:
     runs, sampled every 50 ms. CPU time is what the work costs whatever else the machine runs (up to
     the last 50 ms of each process); wall time is what a user waits."""
     me, peak, done, cpu = psutil.Process(), [0], threading.Event(), {}
-    t = me.cpu_times()
-    start_cpu = t.user + t.system
+    own = me.cpu_times()
+    start_cpu = own.user + own.system
 
     def sample():
         while not done.is_set():
@@ -148,6 +148,7 @@ def main() -> None:
     print(f"\nwall time, baseline / ours: rasterize alone {base[0] / results[2][1]:.2f}x, the four stages (which "
           f"also hash, dedupe, group and split) {base[0] / total[0]:.2f}x")
     print(f"added shard (2,000 rows) re-run of rasterize over {a.rows + 2000} rows: {add_s:.1f} s")
+
 
 if __name__ == "__main__":
     main()

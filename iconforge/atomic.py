@@ -9,6 +9,7 @@ naming `dest` and the space it needed.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -87,13 +88,18 @@ def write_bytes(dest: Path, data: bytes) -> None:
         f.write(data)
 
 
+# os.link's errors that mean "this file system or these two places cannot link": copy instead.
+CANNOT_LINK = {errno.EXDEV, errno.EPERM, errno.EMLINK, errno.EOPNOTSUPP, errno.ENOTSUP}
+
+
 def link_or_copy(src: Path, dest: Path) -> None:
-    """dest as a hard link to src (no second copy of the bytes), or a copy where the file system
-    cannot link. Only for files nobody edits in place: the two names share one content."""
+    """A new file dest as a hard link to src (no second copy of the bytes), or a copy where the file
+    system cannot link. The two names share one content: an edit in place changes both (the raster
+    cache detects that, iconforge.dataset.rasterize). An existing dest is an error, never written through."""
     try:
         os.link(src, dest)
     except OSError as e:
-        if e.errno in NO_SPACE:
+        if e.errno not in CANNOT_LINK:
             raise
         shutil.copyfile(src, dest)
 

@@ -92,6 +92,15 @@ CARD = LORA / "README.md"  # Hugging Face model card
 CARD_ATTRIBUTION = LORA / ATTRIBUTION.name  # the training icons' credits
 CARD_GRID = LORA / GRID_PNG
 
+def inside(root: Path, rel: str) -> Path:
+    """root/rel for a '/'-separated relative path read from a table (a CSV row names it): refused when
+    absolute or climbing out with '..', so no row makes a stage read or write outside its folder."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValueError(f"{rel}: path must be relative and stay inside {root}")
+    return Path(root) / p
+
+
 # Beside the pipeline, in the repository root: the default MLflow store and its artifacts.
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"

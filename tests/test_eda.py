@@ -73,6 +73,12 @@ def test_histogram_bins_cover_every_value_once_empty_bins_included():
     assert stats.histogram([], 20) == []
     many = stats.histogram(list(range(1000)), max_bins=20, integer=True)
     assert len(many) <= 21 and sum(r["images"] for r in many) == 1000
+    # Whole-number bins even when max_bins exceeds the range; labels readable at any scale (viewBoxes
+    # come from the internet): no 0-0 for tiny floats, no 1e+08.
+    assert [r["bin"] for r in stats.histogram([3, 4], 1000, integer=True)] == ["3", "4"]
+    assert [r["bin"] for r in stats.histogram([0.0, 1e-7], 4)] == ["0-2.5e-08", "2.5e-08-5e-08", "5e-08-7.5e-08",
+                                                                  "7.5e-08-1e-07"]
+    assert stats.histogram([1e8, 3e8], 4)[0]["bin"] == "100000000-150000000"
 
 
 def test_counts_and_summary():
@@ -184,7 +190,9 @@ def test_logo_dataset_eda_without_boilerplate_skipping_bad_images_deterministic(
         stage.main()
     # One unreadable source and one unreadable training image: skipped and counted, not fatal.
     records = [json.loads(line) for line in (paths.TRAIN_SPLIT / paths.METADATA).read_text().splitlines()]
-    (paths.TRAIN_SPLIT / records[0]["file_name"]).write_bytes(b"not a png")
+    broken = paths.TRAIN_SPLIT / records[0]["file_name"]
+    broken.unlink()  # a hard link to the raster cache: replace it, do not write through it
+    broken.write_bytes(b"not a png")
     filtered = read(paths.FILTERED)
     (paths.RAW / filtered[-1]["path"]).write_bytes(b"<html>oops</html>")
     eda_stage.main()

@@ -220,6 +220,30 @@ def test_corrupt_cache_entries_are_rendered_again_and_reported(tmp_path):
     assert "rendered 0, from cache 8" in run_stage(repo).stdout
 
 
+def test_an_edit_through_a_linked_png_is_not_trusted_and_clashing_names_are_rejected(tmp_path):
+    """data/png hard-links the cache: a valid PNG written in place over a data/png file changes the
+    cache entry too (same inode); its mtime gives it away, so the next run renders it again."""
+    paths = library(tmp_path / "src")
+    repo = stage_repo(tmp_path, tmp_path / "src", paths, 48)
+    assert run_stage(repo).returncode == 0
+    first = pngs(repo / "data/png")
+    edited = sorted((repo / "data/png").rglob("*.png"))[0]
+    buf = io.BytesIO()
+    Image.new("RGB", (48, 48), "red").save(buf, "PNG")
+    edited.write_bytes(buf.getvalue())  # in place: the cache entry shares this inode
+    r = run_stage(repo)
+    assert "rendered 1, from cache 7" in r.stdout and "changed or corrupt cache entry rendered again" in r.stdout
+    assert pngs(repo / "data/png") == first
+
+    raw = tmp_path / "raw"
+    (raw / "a").mkdir(parents=True)
+    svg = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 10 10"><circle cx="5" cy="5" r="4"/></svg>'
+    for name in ("a/x.svg", "a/x.SVG"):
+        (raw / name).write_bytes(svg)
+    s = rasterize(["a/x.SVG", "a/x.svg"], raw, tmp_path / "png", tmp_path / "cache", cfg(size=32))
+    assert s.rendered == 1 and s.rejects == {"a/x.svg": "name clash: a/x.SVG is also rendered to a/x.png"}
+
+
 @needs_sample
 @pytest.mark.parametrize("renderer", RENDERERS)
 def test_sample_snapshot_renders_completely(tmp_path, renderer):

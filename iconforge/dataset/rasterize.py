@@ -2,9 +2,12 @@
 .svg) in parallel, each in a worker bounded in time and memory, and keep a content-hash cache
 so a re-run renders only images that changed.
 
-Cache entries are written atomically and checked when reused (the PNG's chunk
-structure and CRCs, no decode): a truncated or corrupt one is rendered again and
-listed in the summary, never copied into data/png.
+Cache entries are written atomically by the worker that renders them, stamped with
+mtime 0, and checked when reused: the stamp (data/png and the imagefolder hard-link
+the entries, so an edit of one of those files in place is an edit of the entry, and
+any write moves its mtime) and the PNG's chunk structure and CRCs (no decode). A
+changed, truncated or corrupt entry is rendered again and listed in the summary,
+never linked into data/png.
 
 A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
@@ -32,6 +35,7 @@ from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_text
 from iconforge.config import RasterizeConfig
 from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
+from iconforge.paths import inside
 
 IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the image count
 # Raster images (a few ms each) go to the workers in batches, so that per-task overhead does not
@@ -39,6 +43,7 @@ IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the 
 # the per-image bounds and names the culprit. SVGs go one per task.
 RASTER_BATCH = 32
 STORED = b""  # Outcome.png of an image the worker has put in the cache
+SEALED_MTIME = 0  # a cache entry's mtime as written; any later write to the file (through any link) changes it
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ class Summary:
         lines = [f"rendered {self.rendered}, from cache {self.from_cache}, rejected {len(self.rejects)}, "
                  f"on dark grey (white-only mark) {len(self.dark)}, cache entries evicted {self.evicted}"]
         lines += [f"  rejected {n:5d}  {kind}" for kind, n in sorted(kinds.items())]
-        lines += [f"  corrupt cache entry rendered again: {p}" for p in self.healed]
+        lines += [f"  changed or corrupt cache entry rendered again: {p}" for p in self.healed]
         return "\n".join(lines)
 
 
@@ -105,7 +110,7 @@ class RasterCache:
         (also for a corrupt PNG, which is deleted and noted in `corrupt`)."""
         png = self.root / f"{key}.png"
         if png.exists():
-            if _intact(png):
+            if png.stat().st_mtime == SEALED_MTIME and _intact(png):
                 return png, (self.root / f"{key}.dark").exists()
             self.corrupt.add(key)
             for p in (png, self.root / f"{key}.dark"):
@@ -119,6 +124,7 @@ class RasterCache:
             if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
                 write_bytes(self.root / f"{key}.dark", b"")
             write_bytes(self.root / f"{key}.png", outcome.png)
+            os.utime(self.root / f"{key}.png", (SEALED_MTIME, SEALED_MTIME))  # killed before this: a miss
         elif outcome.cacheable:
             write_text(self.root / f"{key}.reject", outcome.reason)
 
@@ -184,10 +190,15 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
     """Render raw_dir/<path> to png_dir/<path>.png for every path (relative,
     '/'-separated); png_dir is replaced atomically. Returns counts and rejects."""
     for p in paths:  # the paths come from a CSV: never read or write outside the folders
-        if Path(p).is_absolute() or ".." in Path(p).parts:
-            raise ValueError(f"{p}: path must be relative and stay inside {raw_dir}")
+        inside(raw_dir, p)
     cache = RasterCache(cache_dir)
     summary = Summary()
+    owner: dict[str, str] = {}  # x.svg and x.SVG would both become x.png: the first keeps the name
+    for p in paths:
+        png = str(Path(p).with_suffix(".png"))
+        if owner.setdefault(png, p) != p:
+            summary.rejects[p] = f"name clash: {owner[png]} is also rendered to {png}"
+    paths = [p for p in paths if p not in summary.rejects]
     keys = {p: cache_key((raw_dir / p).read_bytes(), cfg.size, cfg.margin, cfg.renderer, is_svg(p))
             for p in tqdm(paths, desc="hash", unit="image")}
     with atomic_dir(png_dir) as out:

@@ -18,7 +18,7 @@ from iconforge.dataset.captions import png_path
 from iconforge.dataset.imagefolder import read_metadata
 from iconforge.eda import draw, sources, stats, text
 from iconforge.evaluate.style import normalize, palette_size, white_background_ratio
-from iconforge.paths import SPLITS
+from iconforge.paths import SPLITS, inside
 
 NONE = "(none)"  # a category or license the row does not have
 UNMATCHED = "(not in filtered.csv)"
@@ -54,7 +54,7 @@ def items(dataset: Path, filtered: list[dict], raw: Path) -> list[Item]:
             out.append(Item(image=Path(dataset) / split / rec["file_name"], split=split, caption=rec["text"],
                             license=(row["license"] or NONE) if row else UNMATCHED,
                             category=(row["category"] or NONE) if row else UNMATCHED,
-                            source=Path(raw) / row["path"] if row else None))
+                            source=inside(raw, row["path"]) if row else None))
     return out
 
 

@@ -20,11 +20,13 @@ def nice_step(raw: float, integer: bool = False) -> float:
             step = m * 10.0 ** exp
             if step >= raw * (1 - 1e-12) and (not integer or step >= 1 and step == int(step)):
                 return step
-    return 10.0 ** (k + 2)
+    return max(10.0 ** (k + 2), 1.0) if integer else 10.0 ** (k + 2)
 
 
-def _fmt(x: float) -> str:
-    return f"{round(x, 6):g}"
+def _fmt(x: float, step: float) -> str:
+    """x to the precision its bin width needs (no float noise: 0.30000000000000004 -> 0.3; no 1e+08)."""
+    decimals = max(0, 2 - math.floor(math.log10(step)))
+    return f"{round(x, decimals):.15g}"
 
 
 def histogram(values: Sequence[float], max_bins: int, integer: bool = False,
@@ -49,10 +51,10 @@ def histogram(values: Sequence[float], max_bins: int, integer: bool = False,
     for i, c in enumerate(counts):
         a, b = start + i * step, start + (i + 1) * step
         if integer:
-            label = _fmt(a) if step == 1 else f"{_fmt(a)}-{_fmt(b - 1)}"
+            label = _fmt(a, step) if step == 1 else f"{_fmt(a, step)}-{_fmt(b - 1, step)}"
         else:
-            label = f"{_fmt(a)}-{_fmt(b)}"
-        rows.append({"bin": label, "lo": _fmt(a), "hi": _fmt(b), "images": c})
+            label = f"{_fmt(a, step)}-{_fmt(b, step)}"
+        rows.append({"bin": label, "lo": _fmt(a, step), "hi": _fmt(b, step), "images": c})
     return rows
 
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import pickle
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,7 +128,7 @@ def load_inception(weights: str | None, device: str = "cpu") -> Inception:
     sha256 = hashlib.sha256(data).hexdigest()
     model = _Extractor("inception-v3-compat", [POOL, LOGITS], feature_extractor_weights_path=_no_weights())
     try:
-        model.load_state_dict(_state_dict(data, trusted=sha256.startswith(STANDARD_SHA256_PREFIX), model=model))
+        model.load_state_dict(_state_dict(data, model))
     except Exception as e:  # unpickling and state-dict errors come in many types; all mean "not this file"
         why = " ".join(str(e).split())[:300]
         raise InceptionWeightsError(f"{WEIGHTS_KEY}={weights!r}: not a state dict of the FID Inception-v3 "
@@ -136,15 +136,10 @@ def load_inception(weights: str | None, device: str = "cpu") -> Inception:
     return Inception(model.to(device), device, str(path), sha256)
 
 
-def _state_dict(data: bytes, trusted: bool, model: torch.nn.Module) -> dict:
-    """The file's tensors, checked against the network's names. Loaded with weights_only (no code runs);
-    only the published file (by its hash) may fall back to a full unpickling, as torch-fidelity loads it."""
-    try:
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        if not trusted:
-            raise
-        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
+def _state_dict(data: bytes, model: torch.nn.Module) -> dict:
+    """The file's tensors, checked against the network's names. Loaded with weights_only: no code in the
+    file runs, whatever its name or hash (a hash prefix is 32 bits: no proof of where a file came from)."""
+    state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise TypeError(f"the file holds a {type(state).__name__}, not a dict of tensors")
     expected = model.state_dict().keys()
@@ -234,8 +229,9 @@ def inception_score(logits: torch.Tensor, splits: int, seed: int | None = IS_SHU
     scores = []
     for i in range(splits):
         part = log_p[i * n // splits:(i + 1) * n // splits]
-        log_marginal = part.exp().mean(0).log()
-        kl = (part.exp() * (part - log_marginal)).sum(1)
+        log_marginal = part.logsumexp(0) - math.log(len(part))  # log of the mean p(y|x), no underflow
+        p = part.exp()
+        kl = torch.where(p > 0, p * (part - log_marginal), 0.0).sum(1)  # 0 log 0 = 0
         scores.append(float(kl.mean().exp()))
     return float(np.mean(scores)), float(np.std(scores))
 
@@ -286,6 +282,11 @@ NOT_CONFIGURED = (f"{WEIGHTS_KEY} is empty, so FID, KID and Inception Score were
                   f"metrics were). {_how_to()}")
 
 
+def _non_finite(what: str) -> str:
+    return (f"the Inception features of the {what} are not finite (NaN or inf): broken images or weights; "
+            f"not reported rather than written as NaN")
+
+
 def inception_metrics(inception: Inception | None, generated: dict[str, list[Image.Image]], real: list[Image.Image],
                       size: int, limits: Limits) -> tuple[dict[str, dict], dict]:
     """Per generated kind {fid, kid, kid_std, inception_score, inception_score_std} against `real`, None where
@@ -302,9 +303,16 @@ def inception_metrics(inception: Inception | None, generated: dict[str, list[Ima
         real_pool, _ = features(inception, real, size, "inception real")
         refused = {"fid": fid_refusal(counts, limits.fid_min_samples), "kid": kid_refusal(counts),
                    "inception_score": None}
+        if not torch.isfinite(real_pool).all():
+            refused = dict.fromkeys(refused, _non_finite("held-out images"))
+            generated = {}
     for kind, images in generated.items():
         pool, logits = features(inception, images, size, f"inception {kind}")
         s = scores[kind]
+        if not (torch.isfinite(pool).all() and torch.isfinite(logits).all()):
+            for key, why in refused.items():
+                refused[key] = why or _non_finite(f"{kind} samples")
+            continue
         if refused["fid"] is None:
             s["fid"] = fid(pool, real_pool)
         if refused["kid"] is None:

@@ -47,7 +47,9 @@ class Dataset:
 def describe_dataset(source: dict, dataset_source: str) -> Dataset:
     """From data/source.json (fetch) and filter.dataset_source (a parquet dataset's page)."""
     if source.get("source") == "parquet":
-        hub_id = dataset_source.removeprefix(HF_DATASETS).strip("/") if dataset_source.startswith(HF_DATASETS) else None
+        # owner/name of https://huggingface.co/datasets/owner/name[/tree/main...]
+        hub_id = ("/".join(dataset_source.removeprefix(HF_DATASETS).split("/")[:2])
+                  if dataset_source.startswith(HF_DATASETS) else None)
         link = f"[{hub_id or dataset_source}]({dataset_source})" if dataset_source else "its parquet shards"
         return Dataset(f"the images of {link}", "images", link, PARQUET_CHANGES, hub_id)
     return Dataset("flat scientific icons of the [bioicons](https://bioicons.com) library", "icons", "bioicons",
