@@ -2,12 +2,14 @@
 .svg) in parallel, each in a worker bounded in time and memory, and keep a content-hash cache
 so a re-run renders only images that changed.
 
-Cache entries are written atomically by the worker that renders them, stamped with
-mtime 0, and checked when reused: the stamp (data/png and the imagefolder hard-link
-the entries, so an edit of one of those files in place is an edit of the entry, and
-any write moves its mtime) and the PNG's chunk structure and CRCs (no decode). A
-changed, truncated or corrupt entry is rendered again and listed in the summary,
-never linked into data/png.
+Cache entries are written atomically by the worker that renders them, and the
+sha256 of each PNG goes into the cache's index.json, written atomically at the end
+of a run. An entry is reused only when its bytes still have that digest: data/png
+and the imagefolder hard-link the entries, so an edit of one of those files in place
+is an edit of the entry; bit rot and truncation show the same way. A changed or
+corrupt entry, or one a killed run wrote but never indexed, is rendered again (the
+changed ones listed in the summary), never linked into data/png. The index travels
+with the cache, so entries DVC restores (another clone, a queued experiment) are reused.
 
 A stuck icon is killed by pebble's per-task timeout, an oversized one hits the
 worker's RLIMIT_AS; either becomes a reject and the run goes on. Biggest files
@@ -20,18 +22,19 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import hashlib
+import json
 import multiprocessing
 import os
 import resource
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pebble import ProcessExpired, ProcessPool
-from PIL import Image
 from tqdm import tqdm
 
-from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_text
+from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_json, write_text
 from iconforge.config import RasterizeConfig
 from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
@@ -43,7 +46,8 @@ IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the 
 # the per-image bounds and names the culprit. SVGs go one per task.
 RASTER_BATCH = 32
 STORED = b""  # Outcome.png of an image the worker has put in the cache
-SEALED_MTIME = 0  # a cache entry's mtime as written; any later write to the file (through any link) changes it
+INDEX = "index.json"  # the cache's key -> sha256 of its PNG
+INDEX_SAVE_S = 60  # while rendering, the index is saved this often
 
 
 @dataclass(frozen=True)
@@ -52,6 +56,7 @@ class Outcome:
     reason: str = ""
     cacheable: bool = True  # False for limits (time, memory, crash): retry next run
     dark: bool = False  # flattened onto DARK: a white-only mark
+    digest: str = ""  # sha256 of the PNG the worker stored
 
     @property
     def ok(self) -> bool:
@@ -59,7 +64,8 @@ class Outcome:
 
     def stored(self) -> Outcome:
         """What the worker returns once the PNG is in the cache: no image bytes through the pipe."""
-        return Outcome(STORED, self.reason, self.cacheable, self.dark) if self.ok else self
+        return (Outcome(STORED, self.reason, self.cacheable, self.dark, hashlib.sha256(self.png).hexdigest())
+                if self.ok else self)
 
 
 @dataclass
@@ -94,25 +100,31 @@ def cache_key(data: bytes, size: int, margin: float, renderer: str, svg: bool = 
 
 
 class RasterCache:
-    """<key>.png for a rendered icon (plus an empty <key>.dark when it is on DARK),
-    <key>.reject holding the reason for a rejected one."""
+    """<key>.png for a rendered icon (plus an empty <key>.dark when it is on DARK), <key>.reject
+    holding the reason for a rejected one, and index.json: each PNG's sha256."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self.corrupt: set[str] = set()  # keys whose PNG failed the check (deleted: a miss)
+        index = self.root / INDEX
+        try:
+            self.digests: dict[str, str] = json.loads(index.read_text(encoding="utf-8")) if index.exists() else {}
+        except (ValueError, OSError):  # a broken index: every PNG is a miss, none is trusted
+            self.digests = {}
+        self.corrupt: set[str] = set()  # keys whose PNG no longer had its digest (deleted: a miss)
 
     def png(self, key: str) -> Path:
         return self.root / f"{key}.png"
 
     def get(self, key: str) -> tuple[Path, bool] | str | None:
         """(the cached PNG file, whether it is on DARK), the cached reject reason, or None on a miss
-        (also for a corrupt PNG, which is deleted and noted in `corrupt`)."""
-        png = self.root / f"{key}.png"
+        (also for a PNG whose bytes are not those indexed: deleted, and noted in `corrupt` when changed)."""
+        png = self.png(key)
         if png.exists():
-            if png.stat().st_mtime == SEALED_MTIME and _intact(png):
+            if key in self.digests and hashlib.sha256(png.read_bytes()).hexdigest() == self.digests[key]:
                 return png, (self.root / f"{key}.dark").exists()
-            self.corrupt.add(key)
+            if key in self.digests:
+                self.corrupt.add(key)
             for p in (png, self.root / f"{key}.dark"):
                 p.unlink(missing_ok=True)
             return None
@@ -120,30 +132,23 @@ class RasterCache:
         return reject.read_text(encoding="utf-8") if reject.exists() else None
 
     def put(self, key: str, outcome: Outcome) -> None:
+        """Runs in a worker: the PNG (or the reject reason) under its key. The main process records
+        the digest (`stored`) and saves the index."""
         if outcome.ok:
             if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
                 write_bytes(self.root / f"{key}.dark", b"")
-            write_bytes(self.root / f"{key}.png", outcome.png)
-            os.utime(self.root / f"{key}.png", (SEALED_MTIME, SEALED_MTIME))  # killed before this: a miss
+            write_bytes(self.png(key), outcome.png)
         elif outcome.cacheable:
             write_text(self.root / f"{key}.reject", outcome.reason)
 
-    def evict(self, keep: set[str]) -> int:
-        """Delete entries (and stray temp files) this run did not use; returns how many."""
-        stale = [p for p in self.root.iterdir() if p.name.split(".")[0] not in keep]
+    def save(self, keep: set[str]) -> int:
+        """Write the index of the PNGs this run used, delete every other entry (and stray temp files);
+        returns how many were deleted."""
+        write_json(self.root / INDEX, {k: d for k, d in self.digests.items() if k in keep})
+        stale = [p for p in self.root.iterdir() if p.name != INDEX and p.name.split(".")[0] not in keep]
         for p in stale:
             p.unlink()
         return len(stale)
-
-
-def _intact(png: Path) -> bool:
-    """Whether a PNG file is whole: every chunk's CRC and the end marker, without decoding the pixels."""
-    try:
-        with Image.open(png) as im:
-            im.verify()
-        return True
-    except Exception:  # PIL raises SyntaxError, OSError, struct.error... for broken files
-        return False
 
 
 def _limit_memory(max_memory_mb: int) -> None:
@@ -244,6 +249,7 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             tasks = collections.deque([[p] for p in svgs] + [rasters[i:i + RASTER_BATCH]
                                                              for i in range(0, len(rasters), RASTER_BATCH)])
             futures: dict = {}
+            next_save = time.monotonic() + INDEX_SAVE_S
             while tasks or futures:
                 # Schedule a bounded window, not every image at once: memory stays flat at 400k rows.
                 while tasks and len(futures) < workers * IN_FLIGHT_PER_WORKER:
@@ -265,11 +271,16 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                                     if isinstance(e, concurrent.futures.TimeoutError)  # pebble killed the worker
                                     # segfault, Rust abort, or killed from outside
                                     else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
+                    if time.monotonic() > next_save:  # a killed run keeps what it rendered up to here
+                        write_json(cache.root / INDEX, cache.digests)
+                        next_save = time.monotonic() + INDEX_SAVE_S
                     for path, outcome in zip(batch, outcomes):
+                        if outcome.ok:
+                            cache.digests[keys[path]] = outcome.digest
                         store(path, outcome, outcome.dark)
                         summary.rendered += outcome.ok
                         bar.update()
     summary.dark.sort()
     summary.healed = sorted(p for p in paths if keys[p] in cache.corrupt)
-    summary.evicted = cache.evict(set(keys.values()))
+    summary.evicted = cache.save(set(keys.values()))
     return summary
