@@ -19,6 +19,7 @@ BASE_JSON = "base.json"  # which base model train_lora resolved (models/base/)
 SPLITS = ("train", "validation")
 INDEX_JSON = "index.json"  # samples/: every sample's prompt, seed and files
 GRID_PNG = "grid.png"  # samples/: base vs LoRA contact sheet
+DIGESTS_JSON = "digests.json"  # data/raster_cache/: the sha256 of each cached PNG (reused only when it matches)
 
 # fetch
 RAW = Path("data/raw")  # the archive's static/icons/ tree

@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from iconforge import paths
-from iconforge.dataset.rasterize import INDEX
+from iconforge.paths import DIGESTS_JSON as INDEX
 from pipeline_repo import dvc, env
 from test_contract import dvc_stages
 

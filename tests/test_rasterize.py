@@ -15,7 +15,8 @@ from PIL import Image
 
 from conftest import ROOT, SAMPLE_ARCHIVE, needs_sample
 from iconforge.config import RENDERERS, RasterizeConfig
-from iconforge.dataset.rasterize import INDEX, rasterize
+from iconforge.dataset.rasterize import rasterize
+from iconforge.paths import DIGESTS_JSON as INDEX
 from iconforge.dataset.svg import DARK
 
 NS = 'xmlns="http://www.w3.org/2000/svg" xmlns:xlink="http://www.w3.org/1999/xlink"'

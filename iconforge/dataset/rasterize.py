@@ -3,7 +3,7 @@
 so a re-run renders only images that changed.
 
 Cache entries are written atomically by the worker that renders them, and the
-sha256 of each PNG goes into the cache's index.json, written atomically at the end
+sha256 of each PNG goes into the cache's index (digests.json), written atomically at the end
 of a run. An entry is reused only when its bytes still have that digest: data/png
 and the imagefolder hard-link the entries, so an edit of one of those files in place
 is an edit of the entry; bit rot and truncation show the same way. A changed or
@@ -38,7 +38,7 @@ from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_json, 
 from iconforge.config import RasterizeConfig
 from iconforge.dataset import raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
-from iconforge.paths import inside
+from iconforge.paths import DIGESTS_JSON, inside
 
 IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the image count
 # Raster images (a few ms each) go to the workers in batches, so that per-task overhead does not
@@ -46,7 +46,6 @@ IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the 
 # the per-image bounds and names the culprit. SVGs go one per task.
 RASTER_BATCH = 32
 STORED = b""  # Outcome.png of an image the worker has put in the cache
-INDEX = "index.json"  # the cache's key -> sha256 of its PNG
 INDEX_SAVE_S = 60  # while rendering, the index is saved this often
 
 
@@ -101,12 +100,12 @@ def cache_key(data: bytes, size: int, margin: float, renderer: str, svg: bool = 
 
 class RasterCache:
     """<key>.png for a rendered icon (plus an empty <key>.dark when it is on DARK), <key>.reject
-    holding the reason for a rejected one, and index.json: each PNG's sha256."""
+    holding the reason for a rejected one, and the index (digests.json): each PNG's sha256."""
 
     def __init__(self, root: Path):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        index = self.root / INDEX
+        index = self.root / DIGESTS_JSON
         try:
             self.digests: dict[str, str] = json.loads(index.read_text(encoding="utf-8")) if index.exists() else {}
         except (ValueError, OSError):  # a broken index: every PNG is a miss, none is trusted
@@ -144,8 +143,8 @@ class RasterCache:
     def save(self, keep: set[str]) -> int:
         """Write the index of the PNGs this run used, delete every other entry (and stray temp files);
         returns how many were deleted."""
-        write_json(self.root / INDEX, {k: d for k, d in self.digests.items() if k in keep})
-        stale = [p for p in self.root.iterdir() if p.name != INDEX and p.name.split(".")[0] not in keep]
+        write_json(self.root / DIGESTS_JSON, {k: d for k, d in self.digests.items() if k in keep})
+        stale = [p for p in self.root.iterdir() if p.name != DIGESTS_JSON and p.name.split(".")[0] not in keep]
         for p in stale:
             p.unlink()
         return len(stale)
@@ -272,7 +271,7 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                                     # segfault, Rust abort, or killed from outside
                                     else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
                     if time.monotonic() > next_save:  # a killed run keeps what it rendered up to here
-                        write_json(cache.root / INDEX, cache.digests)
+                        write_json(cache.root / DIGESTS_JSON, cache.digests)
                         next_save = time.monotonic() + INDEX_SAVE_S
                     for path, outcome in zip(batch, outcomes):
                         if outcome.ok:
