@@ -92,7 +92,7 @@ def strip_light_dark(text: str) -> str:
     return text
 
 
-def _parse(data: bytes) -> etree._Element:
+def parse(data: bytes) -> etree._Element:
     try:
         return etree.fromstring(data, _PARSER)
     except etree.XMLSyntaxError as e:
@@ -116,7 +116,7 @@ def sanitize(data: bytes) -> bytes:
 def _sanitized_tree(data: bytes) -> etree._Element:
     if not data.strip():
         raise SvgError("empty file")
-    root = _parse(data)
+    root = parse(data)
     if root.tag not in (f"{{{SVG_NS}}}svg", "svg"):
         raise SvgError(f"not an SVG (root element <{etree.QName(root).localname}>)")
     ids = {el.get("id") for el in root.iter(etree.Element)}

@@ -47,7 +47,7 @@ def svg_size(data: bytes) -> tuple[float, float, str]:
     """(width, height, "viewBox" or "width_height") of an SVG document: the viewBox, whose aspect is
     what rasterize fits into its square, else the width and height attributes."""
     try:
-        root = svg._parse(data)  # the rasterizer's own safe parse (no DTD loading, no network)
+        root = svg.parse(data)  # the rasterizer's own safe parse (no DTD loading, no network)
     except svg.SvgError as e:
         raise SizeError(str(e)) from None
     if etree.QName(root).localname != "svg":
