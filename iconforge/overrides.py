@@ -4,9 +4,13 @@ or merged into a params dict (tests).
 
     python -m iconforge.overrides demo.yaml demo-logos.yaml
 
-prints the arguments that turn the workspace's params.yaml into the committed one with the
-files' overrides applied in order: `dvc exp run` leaves its params in the workspace, so one
-demo's keys (fetch.source: parquet) must not leak into the next."""
+first puts the committed params.yaml back in the workspace, then prints the arguments that apply
+the files' overrides to it, in order. `dvc exp run` leaves its params in the workspace, so one
+demo's keys (fetch.source: parquet) must not leak into the next; and they are reset by restoring
+the committed text, not with more -S arguments, because DVC's round trip through ruamel.yaml
+corrupts the file when it turns a block list back into [] (after the logo demo, fetch.shards:
+`retries: 3` ends up on the line of `timeout_s: 60`). Uncommitted edits to params.yaml are
+overwritten either way: a demo runs the committed params plus its overrides."""
 from __future__ import annotations
 
 import subprocess
@@ -15,7 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from iconforge.config import PARAMS_FILE, parse_params, read_params
+from iconforge.atomic import write_text
+from iconforge.config import PARAMS_FILE, parse_params
 
 
 def read(path: Path) -> dict:
@@ -42,9 +47,8 @@ def set_args(overrides: dict) -> list[str]:
     return args
 
 
-def committed_params() -> dict:
-    text = subprocess.run(["git", "show", f"HEAD:{PARAMS_FILE}"], capture_output=True, text=True, check=True).stdout
-    return parse_params(text)
+def committed_text() -> str:
+    return subprocess.run(["git", "show", f"HEAD:{PARAMS_FILE}"], capture_output=True, text=True, check=True).stdout
 
 
 def changes(target: dict, current: dict) -> dict:
@@ -58,7 +62,9 @@ def changes(target: dict, current: dict) -> dict:
 
 
 if __name__ == "__main__":
-    target = committed_params()
+    committed = committed_text()
+    target = base = parse_params(committed)
     for f in sys.argv[1:]:
         target = merged(target, read(Path(f)))
-    sys.stdout.write("\0".join(set_args(changes(target, read_params()))))
+    write_text(Path(PARAMS_FILE), committed)
+    sys.stdout.write("\0".join(set_args(changes(target, base))))

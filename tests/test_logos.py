@@ -326,15 +326,36 @@ def test_fetch_and_filter_memory_stays_bounded(tmp_path):
     assert shard.stat().st_size > 150e6 and peak_mb < 250, peak_mb
 
 
-def test_demo_overrides_reset_what_another_demo_left():
-    """`make demo` after `make demo-logos`: the workspace still says parquet; the arguments put it back."""
+def test_make_demo_after_make_demo_logos_gets_a_valid_params_yaml(tmp_path):
+    """`make demo` after `make demo-logos`: iconforge.overrides restores the committed params.yaml and
+    prints only the demo's -S arguments, which DVC's own override code (what `dvc exp run -S` runs)
+    applies. Resetting fetch.shards with -S instead corrupted params.yaml (ruamel.yaml's round trip)."""
+    from dvc.utils.hydra import apply_overrides
+
     from iconforge import overrides
-    committed = committed_params()
-    demo = overrides.merged(committed, overrides.read(ROOT / "demo.yaml"))
-    logos_run = overrides.merged(demo, overrides.read(ROOT / "demo-logos.yaml"))
-    args = overrides.set_args(overrides.changes(demo, logos_run))
-    assert "fetch.source=bioicons" in args and "filter.select=all" in args
-    assert not any(a.startswith(("fetch.url=", "train.")) for a in args)  # what both demos share stays
+    from iconforge.config import parse_params
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=ROOT, text=True,
+                                                     capture_output=True, check=True).stdout, encoding="utf-8")
+    for cmd in (["init", "-q"], ["add", "params.yaml"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "p"]):
+        subprocess.run(["git", *cmd], cwd=repo, check=True)
+    committed = (repo / "params.yaml").read_text(encoding="utf-8")
+
+    def make(*files: str) -> dict:  # the Makefile's `python -m iconforge.overrides ... | xargs -0 dvc exp run`
+        out = subprocess.run([sys.executable, "-m", "iconforge.overrides", *[str(ROOT / f) for f in files]], cwd=repo,
+                             capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert (repo / "params.yaml").read_text(encoding="utf-8") == committed  # the last demo's keys are gone
+        apply_overrides(repo / "params.yaml", [a for a in out.stdout.split("\0") if a and a != "-S"])
+        return parse_params((repo / "params.yaml").read_text(encoding="utf-8"))
+
+    demo = overrides.merged(parse_params(committed), overrides.read(ROOT / "demo.yaml"))
+    logos = overrides.merged(demo, overrides.read(ROOT / "demo-logos.yaml"))
+    assert make("demo.yaml") == demo
+    assert make("demo.yaml", "demo-logos.yaml") == logos and logos["fetch"]["shards"]
+    assert make("demo.yaml") == demo  # back: a params.yaml DVC can read, fetch.shards empty again
+    assert "timeout_s: 60\n" in (repo / "params.yaml").read_text(encoding="utf-8")
 
 
 def test_an_added_shard_renders_only_its_new_rows(tmp_path, monkeypatch, capsys):
