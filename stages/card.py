@@ -14,6 +14,7 @@ def main() -> None:
     model, train = load(ModelConfig), load(TrainConfig)
     trigger = load_field(CaptionConfig, "trigger")
     dataset_source = load_field(FilterConfig, "dataset_source")
+    from iconforge.dataset.shards import is_parquet
     from iconforge.evaluate.sampling import read_index
     from iconforge.flux.card import EVAL_FIELDS, TRAIN_FIELDS, describe_dataset, render
     from iconforge.tracking import read_run_json
@@ -23,7 +24,7 @@ def main() -> None:
     for kind in ("lora", "base"):
         if not isinstance(scores[kind], dict) or any(f not in scores[kind] for f in EVAL_FIELDS):
             raise InputError(f"{paths.EVAL_METRICS}: {kind} lacks one of {', '.join(EVAL_FIELDS)}")
-    dataset = describe_dataset(read_json(paths.SOURCE), dataset_source)
+    dataset = describe_dataset(is_parquet(read_json(paths.SOURCE)), dataset_source)
     text = render(model, train, trigger, dataset, read_run_json(paths.RUN_JSON),
                   read_json(paths.TRAIN_METRICS, required=TRAIN_FIELDS), scores,
                   read_json(paths.DATA_METRICS, required=("dataset",)), read_index(paths.SAMPLES_INDEX))

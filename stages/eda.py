@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from iconforge import paths
 from iconforge.atomic import atomic_dir, write_json
-from iconforge.config import CaptionConfig, EdaConfig, load, load_field
+from iconforge.config import CaptionConfig, EdaConfig, FilterConfig, load, load_field
+from iconforge.dataset import shards
 from iconforge.dataset.selection import MANIFEST_COLUMNS
 from iconforge.eda.draw import png_bytes
 from iconforge.eda.report import analyse
@@ -24,10 +25,11 @@ TABLES = {"license": paths.EDA_LICENSE, "category": paths.EDA_CATEGORY, "split":
 def main() -> None:
     cfg = load(EdaConfig)
     trigger = load_field(CaptionConfig, "trigger")  # removed from the caption words, like any boilerplate
-    parquet = read_json(paths.SOURCE).get("source") == "parquet"
+    max_svg_bytes = load_field(FilterConfig, "max_svg_bytes")  # what filter let through: read no more of an SVG
+    parquet = shards.is_parquet(read_json(paths.SOURCE))
     filtered = read_csv(paths.FILTERED, MANIFEST_COLUMNS + ["split"])
     require(paths.DATASET, paths.RAW)
-    eda = analyse(paths.DATASET, filtered, paths.RAW, parquet, trigger, cfg)
+    eda = analyse(paths.DATASET, filtered, paths.RAW, parquet, trigger, max_svg_bytes, cfg)
 
     with atomic_dir(paths.EDA_TABLES) as tmp:
         for name, dest in TABLES.items():

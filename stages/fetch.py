@@ -49,7 +49,7 @@ def fetch_parquet(cfg: FetchConfig) -> None:
             rows += got
             recorded.append({"name": name, "rows": len(got), "sha256": archive.sha256_of(path)})
     write_csv(paths.MANIFEST, rows, shards.FIELDS)
-    write_json(paths.SOURCE, {"source": "parquet", "shards": recorded})
+    write_json(paths.SOURCE, shards.source_record(recorded))
     print(f"fetch: {len(rows)} rows of {len(recorded)} shard(s) in {paths.RAW}, "
           f"{sum(r['bytes'] == 0 for r in rows)} without image bytes; manifest {paths.MANIFEST}")
 

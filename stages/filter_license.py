@@ -21,7 +21,7 @@ from iconforge.tables import read_csv, read_json, write_csv
 def main() -> None:
     cfg = load(FilterConfig)
     source = read_json(paths.SOURCE)
-    parquet = source.get("source") == "parquet"
+    parquet = shards.is_parquet(source)
     rows = read_csv(paths.MANIFEST, shards.FIELDS if parquet else MANIFEST_COLUMNS)
     if parquet:
         kept, rejects = logos.screen(rows, cfg, paths.RAW)

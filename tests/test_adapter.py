@@ -182,7 +182,7 @@ def _card(dataset, by_license: dict, prompt: str) -> "ModelCard":
 def test_model_card_names_base_license_trigger_and_credits():
     from iconforge.flux.card import describe_dataset
 
-    icons = describe_dataset({"commit": "f3f18b8", "sha256": "ab", "top_folder": "bioicons-f3f18b8"},
+    icons = describe_dataset(False,
                              "https://huggingface.co/datasets/iamkaikai/amazing_logos_v4")  # not read for icons
     card = _card(icons, {"cc-by-4.0": {"train": 1500, "validation": 150}, "cc-0": {"train": 500, "validation": 50}},
                  "bioicons style, zebrafish embryo")
@@ -205,7 +205,7 @@ def test_model_card_of_a_logo_run_names_the_parquet_dataset():
     from iconforge.flux.card import describe_dataset
 
     url = "https://huggingface.co/datasets/iamkaikai/amazing_logos_v4"
-    logos = describe_dataset({"source": "parquet", "shards": [{"name": "train-00000", "rows": 2000}]}, url)
+    logos = describe_dataset(True, url)
     card = _card(logos, {"unspecified": {"train": 1800, "validation": 200}}, "elegant logo, coffee shop")
     assert card.data.to_dict()["datasets"] == ["iamkaikai/amazing_logos_v4"]
     assert f"in the style of the images of [iamkaikai/amazing_logos_v4]({url})" in card.text

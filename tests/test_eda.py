@@ -139,6 +139,14 @@ def test_svg_size_refuses_what_it_cannot_read_and_never_reads_external_entities(
             sources.svg_size(data)
 
 
+def test_svg_size_reads_no_more_than_filter_lets_through(tmp_path):
+    path = tmp_path / "a.svg"
+    path.write_bytes(b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 40 20"/>' + b" " * 100)
+    assert sources.read_svg_size(path, max_bytes=200) == (40.0, 20.0, "viewBox")
+    with pytest.raises(sources.SizeError, match=r"larger than filter.max_svg_bytes \(100 bytes\)"):
+        sources.read_svg_size(path, max_bytes=100)
+
+
 def test_raster_size_reads_the_header_only(tmp_path):
     png = io.BytesIO()
     Image.new("RGB", (300, 120), "red").save(png, "PNG")

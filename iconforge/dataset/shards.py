@@ -30,6 +30,16 @@ class ShardError(StageError):
     """A shard is missing, unreachable, not parquet or lacks the columns; the message names it."""
 
 
+def source_record(recorded: list[dict]) -> dict:
+    """data/source.json after a parquet fetch: the shards' names, row counts and sha256."""
+    return {"source": "parquet", "shards": recorded}
+
+
+def is_parquet(source: dict) -> bool:
+    """Whether data/source.json describes parquet shards (source_record) rather than the bioicons archive."""
+    return source.get("source") == "parquet"
+
+
 def shard_name(url: str) -> str:
     """A folder name for the shard's rows: its file stem, made safe."""
     stem = PurePosixPath(urlparse(url).path).name.removesuffix(".parquet") or "shard"

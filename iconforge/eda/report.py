@@ -65,7 +65,7 @@ def _warn(what: str, skipped: list[str]) -> None:
         print(f"warning: eda: {what}: skipped {len(skipped) - _WARN_MAX} more", file=sys.stderr)
 
 
-def source_sizes(all_items: list[Item], parquet: bool) -> tuple[list[tuple[float, float]], Counter, list[str]]:
+def source_sizes(all_items: list[Item], parquet: bool, max_svg_bytes: int) -> tuple[list[tuple[float, float]], Counter, list[str]]:
     """(width, height) of each readable source, how each was read, and what was skipped (path: why)."""
     sizes, how, skipped = [], Counter(), []
     for it in tqdm(all_items, desc="eda source sizes", unit="image"):
@@ -73,7 +73,7 @@ def source_sizes(all_items: list[Item], parquet: bool) -> tuple[list[tuple[float
             skipped.append(f"{it.image}: no filtered.csv row")
             continue
         try:
-            w, h, kind = sources.read_size(it.source, parquet)
+            w, h, kind = sources.read_size(it.source, parquet, max_svg_bytes)
         except (sources.SizeError, OSError) as e:
             skipped.append(f"{it.source}: {e}")
             continue
@@ -105,12 +105,13 @@ def _rows(pairs: list[tuple[str, int]], column: str) -> list[dict]:
     return [{column: k, "count": n} for k, n in pairs]
 
 
-def analyse(dataset: Path, filtered: list[dict], raw: Path, parquet: bool, trigger: str, cfg: EdaConfig) -> Eda:
+def analyse(dataset: Path, filtered: list[dict], raw: Path, parquet: bool, trigger: str, max_svg_bytes: int,
+            cfg: EdaConfig) -> Eda:
     all_items = items(dataset, filtered, raw)
     chars = [len(it.caption) for it in all_items]
     n_words = [len(it.caption.split()) for it in all_items]
     words, bigrams = text.count((it.caption for it in all_items), trigger)
-    sizes, size_from, size_skipped = source_sizes(all_items, parquet)
+    sizes, size_from, size_skipped = source_sizes(all_items, parquet, max_svg_bytes)
     widths, heights = [w for w, _ in sizes], [h for _, h in sizes]
     aspects = [round(w / h, 6) for w, h in sizes]
     palettes, backgrounds, colour_skipped = colour_stats([it.image for it in all_items], cfg.colour_images, cfg.seed)

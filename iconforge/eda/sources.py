@@ -12,7 +12,6 @@ from PIL import Image
 
 from iconforge.dataset import raster, svg
 
-MAX_SVG_BYTES = 64 * 2**20  # read no more of one file (filter.max_svg_bytes bounds them earlier)
 _NUMBER = r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?"
 _LENGTH = re.compile(rf"^\s*({_NUMBER})\s*(px|pt|pc|mm|cm|in|)\s*$")
 _PX = {"": 1.0, "px": 1.0, "pt": 96 / 72, "pc": 16.0, "mm": 96 / 25.4, "cm": 96 / 2.54, "in": 96.0}
@@ -61,11 +60,12 @@ def svg_size(data: bytes) -> tuple[float, float, str]:
     raise SizeError("no viewBox and no absolute width and height")
 
 
-def read_svg_size(path: Path) -> tuple[float, float, str]:
+def read_svg_size(path: Path, max_bytes: int) -> tuple[float, float, str]:
+    """An SVG's size, reading at most max_bytes (filter.max_svg_bytes: what filter let through)."""
     with open(path, "rb") as f:
-        data = f.read(MAX_SVG_BYTES + 1)
-    if len(data) > MAX_SVG_BYTES:
-        raise SizeError(f"larger than {MAX_SVG_BYTES} bytes")
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise SizeError(f"larger than filter.max_svg_bytes ({max_bytes} bytes)")
     return svg_size(data)
 
 
@@ -89,6 +89,6 @@ def read_raster_size(path: Path) -> tuple[float, float, str]:
     return float(w), float(h), fmt
 
 
-def read_size(path: Path, parquet: bool) -> tuple[float, float, str]:
+def read_size(path: Path, parquet: bool, max_svg_bytes: int) -> tuple[float, float, str]:
     """The source's size; SizeError (or OSError) when it cannot be read."""
-    return read_raster_size(path) if parquet else read_svg_size(path)
+    return read_raster_size(path) if parquet else read_svg_size(path, max_svg_bytes)

@@ -44,9 +44,9 @@ class Dataset:
     hub_id: str | None = None  # a Hugging Face dataset id, for the card's `datasets` field
 
 
-def describe_dataset(source: dict, dataset_source: str) -> Dataset:
-    """From data/source.json (fetch) and filter.dataset_source (a parquet dataset's page)."""
-    if source.get("source") == "parquet":
+def describe_dataset(parquet: bool, dataset_source: str) -> Dataset:
+    """The bioicons library, or parquet shards from filter.dataset_source (a dataset's page)."""
+    if parquet:
         # owner/name of https://huggingface.co/datasets/owner/name[/tree/main...]
         hub_id = ("/".join(dataset_source.removeprefix(HF_DATASETS).split("/")[:2])
                   if dataset_source.startswith(HF_DATASETS) else None)
