@@ -4,7 +4,9 @@ Everything is written to a temporary sibling first and moved into place with
 os.replace, so an interrupted stage never leaves a half-written file that a
 later run (or DVC) would mistake for a finished one. A write that fails for
 lack of space leaves the previous `dest` as it was and becomes a DiskFull
-naming `dest` and the space it needed.
+naming `dest` and the space it needed. A directory's temporary is named for its host and process
+(`.<dest>.tmp-<host>-<pid>-<random>`), so the next atomic_dir in that folder removes what a killed
+writer left (a whole data/png, a checkpoint) and never another live writer's.
 """
 from __future__ import annotations
 
@@ -12,7 +14,10 @@ import contextlib
 import errno
 import json
 import os
+import re
 import shutil
+import socket
+import sys
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -31,13 +36,41 @@ def _disk_full(e: OSError, dest: Path, needed: int | None, written: int) -> Disk
                     f"free on its disk); free space and rerun (finished outputs and checkpoints are intact)")
 
 
+_HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+_TMP_DIR = re.compile(rf"\..+\.tmp-{_HOST}-(\d+)-[^.]*")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, another user's
+        return True
+    return True
+
+
+def sweep_dead_temporaries(folder: Path) -> list[Path]:
+    """Remove the temporary directories that killed atomic_dir writers on this host left in `folder`
+    (their process is gone); a live writer's, or another host's on a shared disk, stay. Returns them."""
+    removed = []
+    for p in folder.iterdir():
+        m = _TMP_DIR.fullmatch(p.name)
+        if m and p.is_dir() and not p.is_symlink() and not _alive(int(m.group(1))):
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_dir(dest: Path, needed: int | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces `dest` on success (`needed`: its expected
     size in bytes, for the message if the disk is full)."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    for p in sweep_dead_temporaries(dest.parent):
+        print(f"note: removed {p}, left by a killed write", file=sys.stderr)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{_HOST}-{os.getpid()}-", dir=dest.parent))
     try:
         try:
             yield tmp
