@@ -1,6 +1,6 @@
 """The generation service for real: `python -m iconforge.serve` under uvicorn on 127.0.0.1 with the
 tiny preset; its validation, limits, auth and result bounds; the Streamlit UI (AppTest, and once in
-headless Chromium); the aiogram bot against a local fake Bot API server; schemathesis on the schema."""
+headless Chromium, Cancel included); the aiogram bot against a local fake Bot API server; schemathesis on the schema."""
 from __future__ import annotations
 
 import asyncio
@@ -292,6 +292,16 @@ def test_ui_in_headless_chromium(server, tmp_path):
                            for i in b.find_elements(By.CSS_SELECTOR, "[data-testid='stImage'] img")))
         shot = tmp_path / "ui.png"
         browser.save_screenshot(str(shot))
+
+        # Cancel: with a slow job of another client running, the UI's next job waits in the queue.
+        with Client(server[0]) as api:
+            blocker = api.submit(SLOW, client_id="blocker")["id"]
+            browser.find_element(By.XPATH, "//button[.//p[text()='Generate']]").click()
+            wait.until(ec.element_to_be_clickable((By.XPATH, "//button[.//p[text()='Cancel']]"))).click()
+            wait.until(lambda b: b.find_elements(By.XPATH, "//*[text()='Job cancelled']"))
+            assert api.health()["queued"] == 0  # the UI's job left the queue
+            api.cancel(blocker)
+            assert finish(api, blocker)["status"] == "cancelled"
     finally:
         if browser:
             browser.quit()
