@@ -65,7 +65,8 @@ def _warn(what: str, skipped: list[str]) -> None:
         print(f"warning: eda: {what}: skipped {len(skipped) - _WARN_MAX} more", file=sys.stderr)
 
 
-def source_sizes(all_items: list[Item], parquet: bool, max_svg_bytes: int) -> tuple[list[tuple[float, float]], Counter, list[str]]:
+def source_sizes(all_items: list[Item], parquet: bool,
+                 max_svg_bytes: int) -> tuple[list[tuple[float, float]], Counter, list[str]]:
     """(width, height) of each readable source, how each was read, and what was skipped (path: why)."""
     sizes, how, skipped = [], Counter(), []
     for it in tqdm(all_items, desc="eda source sizes", unit="image"):
