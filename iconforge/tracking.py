@@ -283,23 +283,27 @@ class Tracker:
 
 
 def sync(folder: Path | None = None) -> int:
-    """Send what stages could not log (mlflow-unlogged/), deleting each record once sent; returns how
-    many records are left (stores still unreachable)."""
+    """Send what stages could not log (mlflow-unlogged/); a record loses each call once it is sent, so a
+    sync cut short sends only the rest next time. Returns how many records are left (stores unreachable)."""
     folder = folder or _unlogged_dir()
     left = 0
     for record in sorted(folder.glob("*.jsonl")):
         run_id = record.stem
-        try:
-            for line in record.read_text(encoding="utf-8").splitlines():
+        lines = record.read_text(encoding="utf-8").splitlines()
+        for sent, line in enumerate(lines):
+            try:
                 op = json.loads(line)
                 _send(mlflow.MlflowClient(op["uri"]), run_id, op)
-        except Exception as e:
-            print(f"{record}: not sent ({_one_line(e)}); try again later", file=sys.stderr)
-            left += 1
-            continue
-        record.unlink()
-        shutil.rmtree(folder / run_id, ignore_errors=True)
-        print(f"{record}: sent to run {run_id}", file=sys.stderr)
+            except Exception as e:
+                write_text(record, "".join(x + "\n" for x in lines[sent:]))  # what was sent is not sent again
+                print(f"{record}: {sent} of {len(lines)} calls sent, the rest not ({_one_line(e)}); try again later",
+                      file=sys.stderr)
+                left += 1
+                break
+        else:
+            record.unlink()
+            shutil.rmtree(folder / run_id, ignore_errors=True)
+            print(f"{record}: sent to run {run_id}", file=sys.stderr)
     return left
 
 

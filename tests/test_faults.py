@@ -157,3 +157,34 @@ def test_a_tracking_outage_mid_training_costs_nothing_and_is_caught_up(server, t
     assert {a.path for a in client.list_artifacts(run_id, "lora")} == {"lora/pytorch_lora_weights.safetensors",
                                                                        "lora/lora_kohya.safetensors"}
     assert len(client.get_metric_history(run_id, "probe")) == 50
+
+
+def test_a_sync_cut_short_keeps_only_the_calls_not_sent(tmp_path, capsys):
+    from iconforge.tracking import sync
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("iconforge")).info.run_id
+    folder = tmp_path / "mlflow-unlogged"
+    folder.mkdir()
+    weights = folder / run_id / "2" / "lora.safetensors"  # the copy a stage kept beside its record
+    ops = [{"kind": "params", "values": [["train.rank", "16"]]},
+           {"kind": "metrics", "timestamp": 1000, "values": [[1, "loss", 0.5]]},
+           {"kind": "artifact", "file": str(weights), "artifact_path": "lora"},
+           {"kind": "end", "status": "FINISHED"}]
+    record = folder / f"{run_id}.jsonl"
+    record.write_text("".join(json.dumps({"uri": uri, **op}) + "\n" for op in ops))
+
+    assert sync(folder) == 1  # the artifact's copy is missing: the two calls before it are sent, and only they
+    assert [json.loads(line)["kind"] for line in record.read_text().splitlines()] == ["artifact", "end"]
+    assert "2 of 4 calls sent, the rest not" in capsys.readouterr().err
+    run = client.get_run(run_id)
+    assert run.data.params == {"train.rank": "16"} and run.info.status == "RUNNING"
+
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"weights")
+    assert sync(folder) == 0 and not record.exists() and not (folder / run_id).exists()
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [a.path for a in client.list_artifacts(run_id, "lora")] == ["lora/lora.safetensors"]
+    assert [(m.step, m.value) for m in client.get_metric_history(run_id, "loss")] == [(1, 0.5)]
