@@ -8,7 +8,7 @@ from collections import Counter
 
 from iconforge import paths
 from iconforge.atomic import write_text
-from iconforge.config import FilterConfig, load
+from iconforge.config import FilterConfig, RasterizeConfig, load, load_field
 from iconforge.dataset import logos, shards
 from iconforge.dataset.attribution import (CREDIT_COLUMNS, credit_rows, read_authors, read_notices, render_markdown,
                                            unmatched_authors)
@@ -24,7 +24,9 @@ def main() -> None:
     parquet = shards.is_parquet(source)
     rows = read_csv(paths.MANIFEST, shards.FIELDS if parquet else MANIFEST_COLUMNS)
     if parquet:
-        kept, rejects = logos.screen(rows, cfg, paths.RAW)
+        # Bounded like rasterize's workers: the images are decoded here first, for their dHash.
+        kept, rejects = logos.screen(rows, cfg, paths.RAW, load_field(RasterizeConfig, "timeout_s"),
+                                     load_field(RasterizeConfig, "max_memory_mb"))
         kept = assign_splits(kept, cfg.val_fraction, cfg.seed, group_of=lambda r: r["group"])
     else:
         kept, rejects = screen(rows, cfg, paths.RAW)

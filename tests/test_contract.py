@@ -101,14 +101,14 @@ def contract_paths_used(stage_file: Path) -> set[str]:
 
 def params_read(stage_file: Path) -> set[str]:
     """Leaf keys the stage's results depend on: every non-operational field of a section it
-    load()s, and each field it load_field()s."""
+    load()s, and each non-operational field it load_field()s."""
     keys = set()
     for node in ast.walk(ast.parse(stage_file.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.args:
             cls = getattr(config, getattr(node.args[0], "id", ""), None)
             if node.func.id == "load":
                 keys |= set(cls.result_keys())
-            elif node.func.id == "load_field":
+            elif node.func.id == "load_field" and node.args[1].value not in cls.operational():
                 keys.add(f"{cls.section}.{node.args[1].value}")
     return keys
 

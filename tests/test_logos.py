@@ -90,7 +90,25 @@ HOSTILE_SHARDS = {
     "nocolumn.parquet": (_table(pa.binary(), [b"x"], ["t"]).rename_columns(["img", "text"]), "no column 'image'"),
     "inttype.parquet": (_table(pa.int64(), [1], ["t"]), "column 'image' (fetch.image_column) is int64"),
     "texttype.parquet": (_table(pa.binary(), [b"x"], [1], pa.int64()), "column 'text' (fetch.text_column) is int64"),
+    "pathtype.parquet": (_table(pa.struct([("bytes", pa.binary()), ("path", pa.int64())]),
+                                [{"bytes": b"x", "path": 1}], ["t"]),
+                         "column 'image' (fetch.image_column) is struct<bytes: binary, path: int64>"),
+    "twoimages.parquet": (pa.Table.from_arrays([pa.array([b"x"]), pa.array([b"y"]), pa.array(["t"])],
+                                               names=["image", "image", "text"]), "2 columns named 'image'"),
 }
+
+
+def test_a_row_group_too_big_to_read_at_once_is_refused(tmp_path, monkeypatch):
+    shard = synthetic_logos.write(tmp_path / "big.parquet", 5)
+    monkeypatch.setattr(shards, "MAX_ROW_GROUP_BYTES", 100)
+    with pytest.raises(shards.ShardError, match=r"big\.parquet: row group 0 holds \d+ bytes uncompressed, over the 100"):
+        shards.open_checked(shard, str(shard), "image", "text")
+
+
+def test_a_caption_cut_at_fetch_is_rejected_whatever_the_limit():
+    row = {"bytes": "10", "image_path": "", "text": "  " + "a" * shards.MAX_TEXT_CHARS}  # as fetch stores it: cut
+    cfg = type("C", (), {"max_image_bytes": 100, "max_caption_chars": 10 * shards.MAX_TEXT_CHARS})
+    assert logos._reason(row, cfg) == f"caption: over {shards.MAX_TEXT_CHARS} characters"
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE_SHARDS))
@@ -197,11 +215,26 @@ def _gif() -> bytes:
     return encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100)
 
 
+def _keyed(mode: str, key) -> bytes:
+    """The mark on a background of colour `key`, which the PNG's tRNS chunk makes transparent."""
+    a = np.asarray(_mark("L"))
+    im = Image.fromarray(np.where(a == 0, 0, 128).astype(np.uint8), "L").convert(mode)
+    return encode(im, transparency=key)
+
+
+def _rotated() -> bytes:
+    """A JPEG stored sideways whose EXIF Orientation (6: rotate 90 degrees clockwise) makes it the upright mark."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(_mark("RGB").transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif.tobytes())
+
+
 GOOD_IMAGES = {  # row text name -> image bytes that must render to the mark on white
     "one": encode(_mark("1")), "grey": encode(_mark("L")), "palette": encode(_mark("P")),
     "greyalpha": encode(_mark("LA")), "rgba": encode(_mark("RGBA")), "cmyk": encode(_mark("CMYK"), "JPEG"),
     "sixteen": encode(_mark("I;16")), "animated": _gif(), "webp": encode(_mark("RGB"), "WEBP", lossless=True),
-    "jpeg": encode(_mark("RGB"), "JPEG", quality=95),
+    "jpeg": encode(_mark("RGB"), "JPEG", quality=95), "greykey": _keyed("L", 128),
+    "rgbkey": _keyed("RGB", (128, 128, 128)), "rotated": _rotated(),
 }
 BOMB = encode(Image.new("1", (6000, 6000), 1))  # 36 Mpx in a few kB
 
@@ -285,6 +318,8 @@ def test_every_mode_ends_as_the_mark_on_white_aspect_kept(name):
     assert (a[:12] > 230).all() and (a[-12:] > 230).all()  # 60x30 scaled to 64x32: white bands above and below
     assert a[32, 32].max() < 60  # the dark mark, centred
     assert (a[32, 4] > 230).all()  # white (or transparent made white) beside it
+    height, width = np.ptp(np.argwhere(a.max(axis=2) < 128), axis=0) + 1
+    assert width > height  # the 20x14 mark upright (an EXIF-rotated JPEG as its viewers show it)
 
 
 def test_selection_last_and_random():

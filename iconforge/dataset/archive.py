@@ -73,15 +73,17 @@ def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
     for attempt in range(retries + 1):
         have = part.stat().st_size if part.exists() else 0
         try:
-            with requests.get(url, stream=True, timeout=timeout_s,
-                              headers={"Range": f"bytes={have}-"} if have else {}) as r:
+            # identity: a Range offset counts the bytes on the wire, which must be the file's own
+            headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+            with requests.get(url, stream=True, timeout=timeout_s, headers=headers) as r:
                 if r.status_code == 416:  # our partial file is no prefix of theirs: start over
                     part.unlink()
                     raise _Incomplete("range of a stale partial download refused (416)")
                 r.raise_for_status()
                 resumed = r.status_code == 206
                 have = have if resumed else 0
-                length = int(r.headers.get("Content-Length", 0)) or None
+                declared = r.headers.get("Content-Length", "")
+                length = int(declared) if declared.isdigit() else None  # junk ("5, 5"): no progress total
                 total = length and length + have
                 with open(part, "ab" if resumed else "wb") as f, tqdm(
                         total=total, initial=have, unit="B", unit_scale=True, desc=f"download {dest.name}") as bar:

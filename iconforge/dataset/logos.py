@@ -7,18 +7,20 @@ bits) share a group, so train and validation are split by group as icon variants
 """
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import hashlib
-import multiprocessing
 import os
 from pathlib import Path
 
+from pebble import ProcessExpired
 from tqdm import tqdm
 
 from iconforge.config import FilterConfig
-from iconforge.dataset import raster
+from iconforge.dataset import bounded, raster
 from iconforge.dataset.attribution import PARQUET_CHANGES
 from iconforge.dataset.logo_text import parse
+from iconforge.dataset.shards import MAX_TEXT_CHARS
 
 CHUNK = 256  # images per worker task: a dHash costs well under a millisecond
 WINDOW = 32  # near_groups: neighbours compared per hash in a band's bucket
@@ -50,6 +52,8 @@ def _reason(row: dict, cfg: FilterConfig) -> str | None:
         return "missing: no image bytes"
     if int(row["bytes"]) > cfg.max_image_bytes:
         return f"size: {row['bytes']} bytes > filter.max_image_bytes {cfg.max_image_bytes}"
+    if len(row["text"]) > MAX_TEXT_CHARS:  # fetch cut it: its length is unknown, and over any sane bound
+        return f"caption: over {MAX_TEXT_CHARS} characters"
     text = row["text"].strip()
     if not text:
         return "caption: empty"
@@ -58,25 +62,50 @@ def _reason(row: dict, cfg: FilterConfig) -> str | None:
     return None
 
 
-def _hash_chunk(files: list[str]) -> list[int | str]:
-    """Runs in a worker: each image's dHash, or the reason it cannot be decoded."""
-    out = []
+def _hash_chunk(files: list[str], max_memory_mb: int) -> list[int | str]:
+    """Runs in a bounded worker: each image's dHash, or the reason it cannot be decoded."""
+    out: list[int | str] = []
     for f in files:
         try:
             out.append(raster.dhash(Path(f).read_bytes()))
         except raster.RasterError as e:
             out.append(str(e))
+        except MemoryError:
+            out.append(f"out of memory (limit {max_memory_mb} MB)")
+        except Exception as e:  # a Pillow plugin's own error on hostile bytes: a reject, not a crash
+            out.append(f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
     return out
 
 
-def dhashes(files: list[str]) -> list[int | str]:
-    """dHash (or decode error) per file, over every core. Decoding is bounded by raster.MAX_PIXELS."""
-    chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
-    workers = min(len(os.sched_getaffinity(0)), max(len(chunks), 1))
-    context = multiprocessing.get_context("forkserver")
-    with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-        results = tqdm(pool.map(_hash_chunk, chunks), total=len(chunks), desc="dhash", unit="chunk")
-        return [h for chunk in results for h in chunk]
+def dhashes(files: list[str], timeout_s: float, max_memory_mb: int) -> list[int | str]:
+    """dHash (or why it has none) per file, over every core, in workers bounded like rasterize's
+    (rasterize.timeout_s per task, rasterize.max_memory_mb per worker): a chunk that overruns or
+    kills its worker is retried one image per task, so only the culprit is rejected."""
+    results: dict[int, int | str] = {}
+    tasks = collections.deque(list(range(i, min(i + CHUNK, len(files)))) for i in range(0, len(files), CHUNK))
+    workers = min(len(os.sched_getaffinity(0)), max(len(tasks), 1))
+    with bounded.pool(workers, max_memory_mb, ["iconforge.dataset.raster"]) as pool, \
+            tqdm(total=len(files), desc="dhash", unit="image") as bar:
+        futures: dict = {}
+        while tasks or futures:
+            while tasks and len(futures) < 2 * workers:  # a bounded window: memory stays flat at 400k rows
+                todo = tasks.popleft()
+                futures[pool.schedule(_hash_chunk, args=([files[i] for i in todo], max_memory_mb),
+                                      timeout=timeout_s)] = todo
+            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
+            for fut in done:
+                todo = futures.pop(fut)
+                try:
+                    got = fut.result()
+                except (concurrent.futures.TimeoutError, ProcessExpired) as e:
+                    if len(todo) > 1:
+                        tasks.extend([i] for i in todo)
+                        continue
+                    got = [f"timeout (over {timeout_s:g} s)" if isinstance(e, concurrent.futures.TimeoutError)
+                           else bounded.crash_reason(e.exitcode, max_memory_mb)]
+                results.update(zip(todo, got))
+                bar.update(len(todo))
+    return [results[i] for i in range(len(files))]
 
 
 def near_groups(hashes: dict[str, int], bits: int) -> dict[str, str]:
@@ -117,7 +146,8 @@ def near_groups(hashes: dict[str, int], bits: int) -> dict[str, str]:
     return {p: root(p) for p in hashes}
 
 
-def screen(rows: list[dict], cfg: FilterConfig, raw: Path) -> tuple[list[dict], list[dict]]:
+def screen(rows: list[dict], cfg: FilterConfig, raw: Path, timeout_s: float,
+           max_memory_mb: int) -> tuple[list[dict], list[dict]]:
     """Kept rows (MANIFEST_COLUMNS + text + group) and rejects {path, reason}."""
     rows, rejects = select(rows, cfg)
     candidates, first_of = [], {}
@@ -131,7 +161,7 @@ def screen(rows: list[dict], cfg: FilterConfig, raw: Path) -> tuple[list[dict], 
         else:
             rejects.append({"path": r["path"], "reason": reason})
     hashes = {}
-    for r, h in zip(candidates, dhashes([str(raw / r["path"]) for r in candidates])):
+    for r, h in zip(candidates, dhashes([str(raw / r["path"]) for r in candidates], timeout_s, max_memory_mb)):
         if isinstance(h, str):
             rejects.append({"path": r["path"], "reason": f"decode: {h}"})
         else:

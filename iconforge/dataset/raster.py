@@ -14,10 +14,10 @@ import warnings
 
 import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageOps
 
 # Bump when decode/normalise change their output: it is part of the cache key.
-NORMALISER_VERSION = f"1, pillow {PIL.__version__}"
+NORMALISER_VERSION = f"2, pillow {PIL.__version__}"
 WHITE = (255, 255, 255)  # every image, icon or logo, ends on white (iconforge.dataset.svg uses these too)
 # zlib level 1: ~2x faster than Pillow's default 6 for ~15% bigger PNGs.
 PNG_COMPRESS_LEVEL = 1
@@ -58,6 +58,7 @@ def decode(data: bytes) -> Image.Image:
                 raise RasterError(f"decompression bomb: {w}x{h} pixels (limit {MAX_PIXELS})")
             im.seek(0)  # an animation: its first frame
             im.load()
+            im = ImageOps.exif_transpose(im)  # a photo-style JPEG's Orientation tag: upright, as viewers show it
     except RasterError:
         raise
     except (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombWarning,
@@ -71,7 +72,9 @@ def on_white(im: Image.Image) -> Image.Image:
         a = np.asarray(im, dtype=np.float64)
         scale = 257.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 1.0
         im = Image.fromarray(np.clip(a / scale, 0, 255).astype(np.uint8), "L")
-    if (im.mode == "P" and "transparency" in im.info) or im.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
+    # A palette, grey or RGB image may name one transparent colour (PNG's tRNS, GIF's): on white too.
+    keyed = im.mode in ("P", "1", "L", "RGB") and "transparency" in im.info
+    if keyed or im.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
         rgba = im.convert("RGBA")
         canvas = Image.new("RGBA", rgba.size, WHITE + (255,))
         return Image.alpha_composite(canvas, rgba).convert("RGB")

@@ -23,20 +23,17 @@ import collections
 import concurrent.futures
 import hashlib
 import json
-import multiprocessing
 import os
-import resource
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pebble import ProcessExpired, ProcessPool
+from pebble import ProcessExpired
 from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_json, write_text
 from iconforge.config import RasterizeConfig
-from iconforge.dataset import raster
+from iconforge.dataset import bounded, raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
 from iconforge.paths import DIGESTS_JSON, inside
 
@@ -150,11 +147,6 @@ class RasterCache:
         return len(stale)
 
 
-def _limit_memory(max_memory_mb: int) -> None:
-    limit = max_memory_mb * 1024 * 1024
-    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-
-
 def _render_files(files: list[str], keys: list[str], cache_dir: str, size: int, margin: float, renderer: str,
                   max_memory_mb: int) -> list[Outcome]:
     """Runs in a worker process: renders each file into the cache under its key (the main process
@@ -181,12 +173,6 @@ def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_
         return Outcome(None, f"out of memory (limit {max_memory_mb} MB)", cacheable=False)
     except Exception as e:  # a bug of ours on odd input: record it, do not kill the run
         return Outcome(None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}", cacheable=False)
-
-
-def _crash_reason(exitcode: int, max_memory_mb: int) -> str:
-    if exitcode == -signal.SIGABRT:  # Rust (resvg) aborts when an allocation fails
-        return f"worker crashed (SIGABRT: out of memory? limit {max_memory_mb} MB)"
-    return f"worker crashed (exit code {exitcode})"
 
 
 def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
@@ -237,12 +223,9 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             todo.sort(key=lambda p: (-(raw_dir / p).stat().st_size, p))
 
         workers = cfg.workers or os.cpu_count() or 1
-        # Workers fork from a clean forkserver, not from this process: their address-space
-        # limit must not count what the caller has mapped (torch alone maps ~3 GB).
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload(["iconforge.dataset.svg", "iconforge.dataset.raster"])
-        with ProcessPool(max_workers=workers, initializer=_limit_memory, initargs=(cfg.max_memory_mb,),
-                         context=context) as pool, tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
+        preload = ["iconforge.dataset.svg", "iconforge.dataset.raster"]
+        with bounded.pool(workers, cfg.max_memory_mb, preload) as pool, \
+                tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
             svgs = [p for p in todo if is_svg(p)]
             rasters = [p for p in todo if not is_svg(p)]
             tasks = collections.deque([[p] for p in svgs] + [rasters[i:i + RASTER_BATCH]
@@ -269,7 +252,8 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
                         outcomes = [Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
                                     if isinstance(e, concurrent.futures.TimeoutError)  # pebble killed the worker
                                     # segfault, Rust abort, or killed from outside
-                                    else Outcome(None, _crash_reason(e.exitcode, cfg.max_memory_mb), cacheable=False)]
+                                    else Outcome(None, bounded.crash_reason(e.exitcode, cfg.max_memory_mb),
+                                                 cacheable=False)]
                     if time.monotonic() > next_save:  # a killed run keeps what it rendered up to here
                         write_json(cache.root / DIGESTS_JSON, cache.digests)
                         next_save = time.monotonic() + INDEX_SAVE_S

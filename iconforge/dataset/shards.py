@@ -22,7 +22,9 @@ from iconforge.errors import StageError
 
 FIELDS = ["path", "shard", "row", "bytes", "sha256", "image_path", "text"]
 BATCH_ROWS = 256  # rows in memory at once (pyarrow also holds the row group being read)
-MAX_TEXT_CHARS = 10_000  # kept per row: filter rejects captions far shorter than this as too long
+MAX_TEXT_CHARS = 10_000  # kept per row, +1 so that filter sees a longer text is too long
+# A row group is read whole: a larger one is refused, not read (the hub's image shards: 100 rows, tens of MB).
+MAX_ROW_GROUP_BYTES = 1 << 30
 MAGIC = b"PAR1"
 
 
@@ -79,12 +81,16 @@ def open_checked(path: Path, label: str, image_column: str, text_column: str) ->
         raise ShardError(f"{label}: unreadable parquet: {e}") from None
     schema = pf.schema_arrow
     for column, key in ((image_column, "fetch.image_column"), (text_column, "fetch.text_column")):
-        if column not in schema.names:
-            raise ShardError(f"{label}: no column {column!r} ({key}); columns: {', '.join(schema.names)}")
+        found = len(schema.get_all_field_indices(column))
+        if found != 1:
+            raise ShardError(f"{label}: {'no column' if not found else f'{found} columns named'} {column!r} ({key}); "
+                             f"columns: {', '.join(schema.names)}")
     image = schema.field(image_column).type
     if pa.types.is_struct(image):
         data = image.field("bytes").type if image.get_field_index("bytes") >= 0 else pa.null()
-        if not (pa.types.is_binary(data) or pa.types.is_large_binary(data)):
+        where = image.field("path").type if image.get_field_index("path") >= 0 else pa.string()
+        if not (pa.types.is_binary(data) or pa.types.is_large_binary(data)) or not (
+                pa.types.is_string(where) or pa.types.is_large_string(where) or pa.types.is_null(where)):
             raise _type_error(label, image_column, "fetch.image_column", image, "struct<bytes: binary, path: string>")
     elif not (pa.types.is_binary(image) or pa.types.is_large_binary(image)):
         raise _type_error(label, image_column, "fetch.image_column", image,
@@ -92,6 +98,11 @@ def open_checked(path: Path, label: str, image_column: str, text_column: str) ->
     text = schema.field(text_column).type
     if not (pa.types.is_string(text) or pa.types.is_large_string(text)):
         raise _type_error(label, text_column, "fetch.text_column", text, "string")
+    for g in range(pf.num_row_groups):
+        size = pf.metadata.row_group(g).total_byte_size  # uncompressed: what reading it would hold
+        if size > MAX_ROW_GROUP_BYTES:
+            raise ShardError(f"{label}: row group {g} holds {size} bytes uncompressed, over the "
+                             f"{MAX_ROW_GROUP_BYTES} read at once; rewrite the shard with smaller row groups")
     return pf
 
 
