@@ -7,13 +7,10 @@ bits) share a group, so train and validation are split by group as icon variants
 """
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import hashlib
 import os
 from pathlib import Path
 
-from pebble import ProcessExpired
 from tqdm import tqdm
 
 from iconforge.config import FilterConfig
@@ -70,42 +67,23 @@ def _hash_chunk(files: list[str], max_memory_mb: int) -> list[int | str]:
             out.append(raster.dhash(Path(f).read_bytes()))
         except raster.RasterError as e:
             out.append(str(e))
-        except MemoryError:
-            out.append(f"out of memory (limit {max_memory_mb} MB)")
-        except Exception as e:  # a Pillow plugin's own error on hostile bytes: a reject, not a crash
-            out.append(f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}")
+        except Exception as e:  # out of memory, or a Pillow plugin's own error on hostile bytes: a reject
+            out.append(bounded.error_reason(e, max_memory_mb))
     return out
 
 
 def dhashes(files: list[str], timeout_s: float, max_memory_mb: int) -> list[int | str]:
     """dHash (or why it has none) per file, over every core, in workers bounded like rasterize's
-    (rasterize.timeout_s per task, rasterize.max_memory_mb per worker): a chunk that overruns or
-    kills its worker is retried one image per task, so only the culprit is rejected."""
-    results: dict[int, int | str] = {}
-    tasks = collections.deque(list(range(i, min(i + CHUNK, len(files)))) for i in range(0, len(files), CHUNK))
-    workers = min(len(os.sched_getaffinity(0)), max(len(tasks), 1))
-    with bounded.pool(workers, max_memory_mb, ["iconforge.dataset.raster"]) as pool, \
-            tqdm(total=len(files), desc="dhash", unit="image") as bar:
-        futures: dict = {}
-        while tasks or futures:
-            while tasks and len(futures) < 2 * workers:  # a bounded window: memory stays flat at 400k rows
-                todo = tasks.popleft()
-                futures[pool.schedule(_hash_chunk, args=([files[i] for i in todo], max_memory_mb),
-                                      timeout=timeout_s)] = todo
-            done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
-            for fut in done:
-                todo = futures.pop(fut)
-                try:
-                    got = fut.result()
-                except (concurrent.futures.TimeoutError, ProcessExpired) as e:
-                    if len(todo) > 1:
-                        tasks.extend([i] for i in todo)
-                        continue
-                    got = [f"timeout (over {timeout_s:g} s)" if isinstance(e, concurrent.futures.TimeoutError)
-                           else bounded.crash_reason(e.exitcode, max_memory_mb)]
-                results.update(zip(todo, got))
-                bar.update(len(todo))
-    return [results[i] for i in range(len(files))]
+    (rasterize.timeout_s per task, rasterize.max_memory_mb per worker)."""
+    chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
+    workers = min(len(os.sched_getaffinity(0)), max(len(chunks), 1))
+    hashes: dict[str, int | str] = {}
+    with tqdm(total=len(files), desc="dhash", unit="image") as bar:
+        for chunk, got in bounded.imap(_hash_chunk, chunks, lambda chunk: (chunk, max_memory_mb), workers,
+                                       max_memory_mb, timeout_s, ["iconforge.dataset.raster"]):
+            hashes.update(zip(chunk, [got] if isinstance(got, str) else got))
+            bar.update(len(chunk))
+    return [hashes[f] for f in files]
 
 
 def near_groups(hashes: dict[str, int], bits: int) -> dict[str, str]:

@@ -20,7 +20,6 @@ flattened onto dark grey (iconforge.dataset.svg); the summary lists them.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
 import json
 import os
@@ -28,7 +27,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pebble import ProcessExpired
 from tqdm import tqdm
 
 from iconforge.atomic import atomic_dir, link_or_copy, write_bytes, write_json, write_text
@@ -37,7 +35,6 @@ from iconforge.dataset import bounded, raster
 from iconforge.dataset.svg import DARK, RENDERER_VERSIONS, SANITIZER_VERSION, SvgError, render
 from iconforge.paths import DIGESTS_JSON, inside
 
-IN_FLIGHT_PER_WORKER = 8  # tasks queued per worker: bounds memory whatever the image count
 # Raster images (a few ms each) go to the workers in batches, so that per-task overhead does not
 # dominate; a batch that times out or crashes is retried one image per task, which then carries
 # the per-image bounds and names the culprit. SVGs go one per task.
@@ -169,10 +166,8 @@ def _render_file(file: str, size: int, margin: float, renderer: str, max_memory_
         return Outcome(drawn.png, dark=drawn.background == DARK)
     except (SvgError, raster.RasterError) as e:
         return Outcome(None, str(e))
-    except MemoryError:
-        return Outcome(None, f"out of memory (limit {max_memory_mb} MB)", cacheable=False)
-    except Exception as e:  # a bug of ours on odd input: record it, do not kill the run
-        return Outcome(None, f"error: {type(e).__name__}: {' '.join(str(e).split())[:200]}", cacheable=False)
+    except Exception as e:  # out of memory, or a bug of ours on odd input: record it, do not kill the run
+        return Outcome(None, bounded.error_reason(e, max_memory_mb), cacheable=False)
 
 
 def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
@@ -223,46 +218,29 @@ def rasterize(paths: list[str], raw_dir: Path, png_dir: Path, cache_dir: Path,
             todo.sort(key=lambda p: (-(raw_dir / p).stat().st_size, p))
 
         workers = cfg.workers or os.cpu_count() or 1
-        preload = ["iconforge.dataset.svg", "iconforge.dataset.raster"]
-        with bounded.pool(workers, cfg.max_memory_mb, preload) as pool, \
-                tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
-            svgs = [p for p in todo if is_svg(p)]
-            rasters = [p for p in todo if not is_svg(p)]
-            tasks = collections.deque([[p] for p in svgs] + [rasters[i:i + RASTER_BATCH]
-                                                             for i in range(0, len(rasters), RASTER_BATCH)])
-            futures: dict = {}
-            next_save = time.monotonic() + INDEX_SAVE_S
-            while tasks or futures:
-                # Schedule a bounded window, not every image at once: memory stays flat at 400k rows.
-                while tasks and len(futures) < workers * IN_FLIGHT_PER_WORKER:
-                    batch = tasks.popleft()
-                    futures[pool.schedule(_render_files, args=([str(raw_dir / p) for p in batch],
-                                                               [keys[p] for p in batch], str(cache.root), cfg.size,
-                                                               cfg.margin, cfg.renderer, cfg.max_memory_mb),
-                                          timeout=cfg.timeout_s)] = batch
-                done, _ = concurrent.futures.wait(futures, return_when=concurrent.futures.FIRST_COMPLETED)
-                for fut in done:
-                    batch = futures.pop(fut)  # let the future and its PNG bytes be freed
-                    try:
-                        outcomes = fut.result()
-                    except (concurrent.futures.TimeoutError, ProcessExpired) as e:
-                        if len(batch) > 1:  # find the culprit: one image per task
-                            tasks.extend([p] for p in batch)
-                            continue
-                        outcomes = [Outcome(None, f"timeout (over {cfg.timeout_s:g} s)", cacheable=False)
-                                    if isinstance(e, concurrent.futures.TimeoutError)  # pebble killed the worker
-                                    # segfault, Rust abort, or killed from outside
-                                    else Outcome(None, bounded.crash_reason(e.exitcode, cfg.max_memory_mb),
-                                                 cacheable=False)]
-                    if time.monotonic() > next_save:  # a killed run keeps what it rendered up to here
-                        write_json(cache.root / DIGESTS_JSON, cache.digests)
-                        next_save = time.monotonic() + INDEX_SAVE_S
-                    for path, outcome in zip(batch, outcomes):
-                        if outcome.ok:
-                            cache.digests[keys[path]] = outcome.digest
-                        store(path, outcome, outcome.dark)
-                        summary.rendered += outcome.ok
-                        bar.update()
+        svgs = [p for p in todo if is_svg(p)]
+        rasters = [p for p in todo if not is_svg(p)]
+        batches = [[p] for p in svgs] + [rasters[i:i + RASTER_BATCH] for i in range(0, len(rasters), RASTER_BATCH)]
+
+        def args(batch: list[str]) -> tuple:
+            return ([str(raw_dir / p) for p in batch], [keys[p] for p in batch], str(cache.root), cfg.size,
+                    cfg.margin, cfg.renderer, cfg.max_memory_mb)
+
+        next_save = time.monotonic() + INDEX_SAVE_S
+        with tqdm(total=len(todo), desc="rasterize", unit="image") as bar:
+            for batch, outcomes in bounded.imap(_render_files, batches, args, workers, cfg.max_memory_mb,
+                                                cfg.timeout_s, ["iconforge.dataset.svg", "iconforge.dataset.raster"]):
+                if isinstance(outcomes, str):  # one image's worker timed out or died
+                    outcomes = [Outcome(None, outcomes, cacheable=False)]
+                if time.monotonic() > next_save:  # a killed run keeps what it rendered up to here
+                    write_json(cache.root / DIGESTS_JSON, cache.digests)
+                    next_save = time.monotonic() + INDEX_SAVE_S
+                for path, outcome in zip(batch, outcomes):
+                    if outcome.ok:
+                        cache.digests[keys[path]] = outcome.digest
+                    store(path, outcome, outcome.dark)
+                    summary.rendered += outcome.ok
+                    bar.update()
     summary.dark.sort()
     summary.healed = sorted(p for p in paths if keys[p] in cache.corrupt)
     summary.evicted = cache.save(set(keys.values()))
