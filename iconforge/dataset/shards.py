@@ -124,11 +124,15 @@ def extract(pf: pq.ParquetFile, label: str, name: str, out: Path, image_column: 
     try:
         # One row group at a time, single-threaded: pyarrow's default reader buffers far ahead
         # (the whole 200 MB test shard). Memory is then bounded by one row group (`datasets`
-        # writes image shards in groups of 100 rows).
-        batches = (b for g in range(pf.num_row_groups)
-                   for b in pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=[image_column, text_column],
-                                            use_threads=False))
-        for batch in tqdm(batches, desc=f"extract {name}", unit=" batches"):
+        # writes image shards in groups of 100 rows); pyarrow's pool keeps freed groups' pages
+        # unless told to give them back.
+        def batches():
+            for g in range(pf.num_row_groups):
+                yield from pf.iter_batches(batch_size=BATCH_ROWS, row_groups=[g], columns=[image_column, text_column],
+                                           use_threads=False)
+                pa.default_memory_pool().release_unused()
+
+        for batch in tqdm(batches(), desc=f"extract {name}", unit=" batches"):
             images, where = _image_fields(batch.column(image_column))
             for data, image_path, text in zip(images, where, batch.column(text_column).to_pylist()):
                 rel = f"{name}/{n:07d}.img"
