@@ -3,6 +3,7 @@
 from iconforge import paths
 from iconforge.config import EvaluateConfig, load
 from iconforge.errors import run_stage
+from iconforge.tables import require
 
 
 def _flat(d: dict, prefix: str = "eval") -> dict[str, float]:
@@ -28,7 +29,9 @@ def _inception_text(summary: dict) -> str:
 
 def main() -> None:
     cfg = load(EvaluateConfig)
-    # Imported only now, so a params typo is reported at once, not after ~15 s of torch/open_clip/mlflow imports.
+    require(paths.SAMPLES_INDEX, paths.RUN_JSON)
+    # Imported only now, so a params typo or a missing input is reported at once, not after ~15 s of
+    # torch/open_clip/mlflow imports.
     import torch
 
     from iconforge.atomic import write_json

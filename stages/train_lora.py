@@ -9,19 +9,20 @@ stages.train_lora` trains with N processes (see README).
 from iconforge import paths
 from iconforge.config import TrainConfig, load
 from iconforge.errors import run_stage
+from iconforge.tables import require
 
 
 def main() -> None:
     train_cfg = load(TrainConfig)
+    require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT, paths.BASE_INFO)
     from iconforge.tracking import check_reachable, tracking_uri
     check_reachable(tracking_uri())  # a tracking server that is down: one line now, not after the setup
-    # Imported only now, so a params typo is reported at once, not after ~10 s of torch/diffusers imports.
+    # Imported only now, so a params typo or a missing input is reported at once, not after ~10 s of
+    # torch/diffusers imports.
     from iconforge.flux.models import read_base
     from iconforge.flux.train import Paths, make_accelerator, preflight, train
-    from iconforge.tables import require
 
     preflight(train_cfg)
-    require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT)
     acc = make_accelerator(train_cfg)
     base = read_base(paths.BASE)  # written by the base stage
     out = Paths(dataset=paths.TRAIN_SPLIT, validation=paths.VALIDATION_SPLIT, base=paths.BASE, lora=paths.LORA_FILE,

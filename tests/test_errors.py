@@ -52,7 +52,8 @@ CASES = [
     ("evaluate", {"samples/index.json": INDEX}, f"evaluate: models/run.json: {MISSING}"),
     ("evaluate", {"samples/index.json": INDEX, "models/run.json": "{truncated"},
      "evaluate: models/run.json: not valid JSON"),
-    ("evaluate", {"samples/index.json": '{"samples": []}'}, "evaluate: samples/index.json: missing field(s) size"),
+    ("evaluate", {"samples/index.json": '{"samples": []}', "models/run.json": '{"run_id": "abc"}'},
+     "evaluate: samples/index.json: missing field(s) size"),
 ]
 
 
