@@ -140,39 +140,37 @@ def test_default_store_is_in_the_original_repo_when_dvc_runs_a_temp_copy(tmp_pat
 
 
 def test_queued_experiments_log_to_the_repo_store_and_are_findable_both_ways(repo):
+    """One queued experiment run with `--run-all` (two queue workers at once: the next test)."""
     # fetch.url relative to the repo root: queued runs happen in a copy under .dvc/tmp/exps/.
     relative_archive = os.path.relpath(SAMPLE_ARCHIVE, repo)
-    dvc(repo, "exp", "run", "--queue", "-n", "rank4", "-S", "train.rank=4")
     dvc(repo, "exp", "run", "--queue", "-n", "rank8", "-S", "train.rank=8", "-S", f"fetch.url={relative_archive}")
     out = dvc(repo, "exp", "run", "--run-all")  # exits 0 even when an experiment fails: checked below
     assert ran_stages(out) == MODEL_STAGES | {"fetch"}, out
 
     shown = json.loads(dvc(repo, "exp", "show", "--json"))
     exps = {e["name"]: e["revs"][0] for commit in shown for e in commit.get("experiments") or []}
-    assert set(exps) == {"rank4", "rank8"}, shown
-    # The store a workspace run logs to (test_pipeline checks that), not one in the deleted temp copy.
-    store = f"sqlite:///{repo.resolve() / 'mlflow.db'}"
-    client = mlflow.MlflowClient(store)
-    for name, rank in (("rank4", 4), ("rank8", 8)):
-        exp = exps[name]
-        assert exp["error"] is None, exp["error"]
-        assert exp["data"]["params"]["params.yaml"]["data"]["train"]["rank"] == rank
-        metrics = exp["data"]["metrics"]
-        assert metrics["metrics/train.json"]["data"]["steps"] == 30 and "lora" in metrics["metrics/eval.json"]["data"]
-        # DVC experiment -> MLflow run: models/run.json is committed in the experiment.
-        info = json.loads(git(repo, "show", f"{exp['rev']}:models/run.json"))
-        assert info["tracking_uri"] is None  # the repo's own store, found again through DVC_ROOT
-        mlrun = client.get_run(info["run_id"])
-        assert mlrun.data.tags["dvc.exp_name"] == name and mlrun.data.params["train.rank"] == str(rank)
-        assert any(k.startswith("eval.") for k in mlrun.data.metrics), mlrun.data.metrics
-        assert mlrun.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())
-        assert {a.path for a in client.list_artifacts(mlrun.info.run_id)} >= {"lora", "samples", "metrics"}
-        # MLflow run -> DVC experiment: the tag names it (`dvc exp apply <name>`).
-        tagged = client.search_runs([mlrun.info.experiment_id], f"tags.`dvc.exp_name` = '{name}'")
-        assert [r.info.run_id for r in tagged] == [info["run_id"]]
-    assert exps["rank8"]["data"]["params"]["params.yaml"]["data"]["fetch"]["url"] == relative_archive
+    assert set(exps) == {"rank8"}, shown
+    exp = exps["rank8"]
+    assert exp["error"] is None, exp["error"]
+    assert exp["data"]["params"]["params.yaml"]["data"]["train"]["rank"] == 8
+    assert exp["data"]["params"]["params.yaml"]["data"]["fetch"]["url"] == relative_archive
+    metrics = exp["data"]["metrics"]
+    assert metrics["metrics/train.json"]["data"]["steps"] == 30 and "lora" in metrics["metrics/eval.json"]["data"]
 
-    assert len(client.search_runs([mlrun.info.experiment_id])) == 2
+    # DVC experiment -> MLflow run: models/run.json is committed in the experiment.
+    info = json.loads(git(repo, "show", f"{exp['rev']}:models/run.json"))
+    assert info["tracking_uri"] is None  # the repo's own store, found again through DVC_ROOT
+    # The store a workspace run logs to (test_pipeline checks that), not one in the deleted temp copy.
+    client = mlflow.MlflowClient(f"sqlite:///{repo.resolve() / 'mlflow.db'}")
+    mlrun = client.get_run(info["run_id"])
+    assert mlrun.data.tags["dvc.exp_name"] == "rank8" and mlrun.data.params["train.rank"] == "8"
+    assert any(k.startswith("eval.") for k in mlrun.data.metrics), mlrun.data.metrics
+    assert mlrun.info.artifact_uri.startswith((repo / "mlartifacts").resolve().as_uri())
+    assert {a.path for a in client.list_artifacts(mlrun.info.run_id)} >= {"lora", "samples", "metrics"}
+    # MLflow run -> DVC experiment: the tag names it (`dvc exp apply <name>`).
+    tagged = client.search_runs([mlrun.info.experiment_id], "tags.`dvc.exp_name` = 'rank8'")
+    assert [r.info.run_id for r in tagged] == [info["run_id"]]
+    assert len(client.search_runs([mlrun.info.experiment_id])) == 1
 
 
 def queue_done(repo: Path, timeout: float = 900) -> str:
