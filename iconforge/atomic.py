@@ -4,9 +4,10 @@ Everything is written to a temporary sibling first and moved into place with
 os.replace, so an interrupted stage never leaves a half-written file that a
 later run (or DVC) would mistake for a finished one. A write that fails for
 lack of space leaves the previous `dest` as it was and becomes a DiskFull
-naming `dest` and the space it needed. A directory's temporary is named for its host and process
-(`.<dest>.tmp-<host>-<pid>-<random>`), so the next atomic_dir in that folder removes what a killed
-writer left (a whole data/png, a checkpoint) and never another live writer's.
+naming `dest` and the space it needed. A temporary is named for its host and process
+(`.<dest>.tmp-<host>-<pid>-<random>`), so what a killed writer left (a whole data/png, a checkpoint,
+a cache entry) can be told from another live writer's: the next atomic_dir in that folder removes
+the dead ones, and the caches that write many files (raster, encodings) sweep their folders once per run.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ def _disk_full(e: OSError, dest: Path, needed: int | None, written: int) -> Disk
 
 
 _HOST = re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
-_TMP_DIR = re.compile(rf"\..+\.tmp-{_HOST}-(\d+)-[^.]*")
+_TMP = re.compile(rf"\..+\.tmp-{_HOST}-(\d+)-[^.]*")
 
 
 def _alive(pid: int) -> bool:
@@ -50,14 +51,23 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _prefix(dest: Path) -> str:
+    """The start of a temporary's name for `dest`, which _TMP recognises."""
+    return f".{dest.name}.tmp-{_HOST}-{os.getpid()}-"
+
+
 def sweep_dead_temporaries(folder: Path) -> list[Path]:
-    """Remove the temporary directories that killed atomic_dir writers on this host left in `folder`
-    (their process is gone); a live writer's, or another host's on a shared disk, stay. Returns them."""
+    """Remove the temporaries (directories and files) that killed atomic writers on this host left in
+    `folder` (their process is gone); a live writer's, or another host's on a shared disk, stay.
+    Returns them."""
     removed = []
     for p in folder.iterdir():
-        m = _TMP_DIR.fullmatch(p.name)
-        if m and p.is_dir() and not p.is_symlink() and not _alive(int(m.group(1))):
-            shutil.rmtree(p, ignore_errors=True)
+        m = _TMP.fullmatch(p.name)
+        if m and not _alive(int(m.group(1))):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
             removed.append(p)
     return removed
 
@@ -70,7 +80,7 @@ def atomic_dir(dest: Path, needed: int | None = None) -> Iterator[Path]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for p in sweep_dead_temporaries(dest.parent):
         print(f"note: removed {p}, left by a killed write", file=sys.stderr)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-{_HOST}-{os.getpid()}-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_prefix(dest), dir=dest.parent))
     try:
         try:
             yield tmp
@@ -96,7 +106,7 @@ def atomic_file(dest: Path, mode: str = "w", needed: int | None = None) -> Itera
     """Yield a file object whose content replaces `dest` when closed cleanly."""
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_prefix(dest), dir=dest.parent)
     try:
         try:
             with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": "\n"})) as f:

@@ -1,4 +1,5 @@
-"""Atomic outputs: what a killed writer leaves behind is removed by the next write, a live one's is not."""
+"""Atomic outputs: what a killed writer leaves behind is removed by the next write (or, for a cache of many
+files, by the cache's sweep), a live one's is not."""
 from __future__ import annotations
 
 import signal
@@ -18,10 +19,21 @@ with atomic_dir(Path(sys.argv[1])) as tmp:
     print("ready", flush=True)
     sys.stdin.readline()
 """
+# The same through atomic_file (one cache entry).
+FILE_WRITER = """
+import sys
+from pathlib import Path
+from iconforge.atomic import atomic_file
+with atomic_file(Path(sys.argv[1])) as f:
+    f.write(sys.argv[2])
+    f.flush()
+    print("ready", flush=True)
+    sys.stdin.readline()
+"""
 
 
-def writer(dest: Path, who: str) -> subprocess.Popen:
-    p = subprocess.Popen([sys.executable, "-c", WRITER, str(dest), who], stdin=subprocess.PIPE,
+def writer(dest: Path, who: str, code: str = WRITER) -> subprocess.Popen:
+    p = subprocess.Popen([sys.executable, "-c", code, str(dest), who], stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1])
     assert p.stdout.readline() == "ready\n"
     return p
@@ -49,3 +61,22 @@ def test_a_killed_writers_temporary_is_removed_and_a_live_ones_kept(tmp_path, ca
 
     live.communicate("\n", timeout=60)
     assert live.returncode == 0 and (dest / "who").read_text() == "live" and hidden(tmp_path) == []
+
+
+def test_the_encoding_cache_sweeps_a_killed_writers_entry_and_keeps_a_live_ones(tmp_path):
+    from iconforge.flux.latent_cache import EncodingCache
+
+    folder = tmp_path / "cache" / "ab"
+    folder.mkdir(parents=True)
+    live = writer(folder / "ab1.safetensors", "live", FILE_WRITER)
+    [live_tmp] = hidden(folder)
+    killed = writer(folder / "ab2.safetensors", "killed", FILE_WRITER)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    [left] = [n for n in hidden(folder) if n != live_tmp]
+    assert left.startswith(".ab2.safetensors.tmp-") and (folder / left).read_text() == "killed"
+
+    EncodingCache(tmp_path / "cache", "scope", 64, max_bytes=1 << 30).evict(keep=set())
+    assert hidden(folder) == [live_tmp]
+    live.communicate("\n", timeout=60)
+    assert live.returncode == 0 and (folder / "ab1.safetensors").read_text() == "live" and hidden(folder) == []

@@ -124,16 +124,6 @@ class RasterCache:
         reject = self.root / f"{key}.reject"
         return reject.read_text(encoding="utf-8") if reject.exists() else None
 
-    def put(self, key: str, outcome: Outcome) -> None:
-        """Runs in a worker: the PNG (or the reject reason) under its key. The main process records
-        the digest (`stored`) and saves the index."""
-        if outcome.ok:
-            if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
-                write_bytes(self.root / f"{key}.dark", b"")
-            write_bytes(self.png(key), outcome.png)
-        elif outcome.cacheable:
-            write_text(self.root / f"{key}.reject", outcome.reason)
-
     def save(self, keep: set[str]) -> int:
         """Write the index of the PNGs this run used, delete every other entry (and stray temp files);
         returns how many were deleted."""
@@ -144,15 +134,25 @@ class RasterCache:
         return len(stale)
 
 
+def put_entry(root: Path, key: str, outcome: Outcome) -> None:
+    """Runs in a worker: the PNG (or the reject reason) under its key in the RasterCache at `root`,
+    without reading its index (the main process records the digest, `stored`, and saves the index)."""
+    if outcome.ok:
+        if outcome.dark:  # before the PNG: a cached PNG is always complete with its marker
+            write_bytes(root / f"{key}.dark", b"")
+        write_bytes(root / f"{key}.png", outcome.png)
+    elif outcome.cacheable:
+        write_text(root / f"{key}.reject", outcome.reason)
+
+
 def _render_files(files: list[str], keys: list[str], cache_dir: str, size: int, margin: float, renderer: str,
                   max_memory_mb: int) -> list[Outcome]:
     """Runs in a worker process: renders each file into the cache under its key (the main process
     links it from there), so PNG bytes are neither piped back nor written twice."""
-    cache = RasterCache(Path(cache_dir))
     out = []
     for file, key in zip(files, keys):
         outcome = _render_file(file, size, margin, renderer, max_memory_mb)
-        cache.put(key, outcome)
+        put_entry(Path(cache_dir), key, outcome)
         out.append(outcome.stored())
     return out
 

@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
-from iconforge.atomic import write_bytes
+from iconforge.atomic import sweep_dead_temporaries, write_bytes
 from iconforge.errors import StageError
 from iconforge.flux.models import model_source, read_base
 from iconforge.flux.vae import vae_input
@@ -141,7 +141,10 @@ class EncodingCache:
         write_bytes(self.path(key), blob)  # a full disk: DiskFull, one line naming the entry and the space needed
 
     def evict(self, keep: set[str]) -> None:
-        """Delete least recently used entries until the cache fits max_bytes; `keep` is never deleted."""
+        """Delete least recently used entries until the cache fits max_bytes; `keep` is never deleted.
+        First, what killed writers left (a half-written entry under a temporary name)."""
+        for folder in (d for d in self.root.iterdir() if d.is_dir()):
+            sweep_dead_temporaries(folder)
         files = [(p.stat(), p) for p in self.root.glob("*/*.safetensors")]
         total = sum(st.st_size for st, _ in files)
         for st, p in sorted(files, key=lambda f: (f[0].st_mtime_ns, f[1].name)):
