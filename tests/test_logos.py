@@ -22,7 +22,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, committed_params
-from iconforge import synthetic_logos
+from iconforge import paths, synthetic_logos
 from iconforge.config import CaptionConfig
 from iconforge.dataset import logos, raster, shards
 from iconforge.dataset.captions import caption
@@ -134,10 +134,12 @@ def test_hostile_shard_refused_with_its_name_and_nothing_left(tmp_path, monkeypa
 
 
 class RangeServer(http.server.ThreadingHTTPServer):
-    """Serves `payload`, honouring Range; the first response stops after `cut` bytes (a dropped connection)."""
+    """Serves `payload` as version `etag`, honouring Range unless If-Range names another version; the first
+    response stops after `cut` bytes (a dropped connection); `then` (payload, etag) replaces the file
+    after that first response (an upload on the hub between two attempts)."""
 
-    def __init__(self, payload: bytes, cut: int):
-        self.payload, self.cut, self.ranges = payload, cut, []
+    def __init__(self, payload: bytes, cut: int, then: tuple[bytes, str] | None = None):
+        self.payload, self.etag, self.cut, self.then, self.ranges = payload, '"v1"', cut, then, []
         super().__init__(("127.0.0.1", 0), RangeHandler)
 
 
@@ -145,40 +147,61 @@ class RangeHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):
         srv = self.server
         start = int(self.headers["Range"].split("=")[1].rstrip("-")) if self.headers.get("Range") else 0
+        if self.headers.get("If-Range") not in (None, srv.etag):  # another version: the whole file
+            start = 0
         srv.ranges.append(start)
         body = srv.payload[start:]
         self.send_response(206 if start else 200)
         self.send_header("Content-Length", str(len(body)))
+        self.send_header("ETag", srv.etag)
         self.end_headers()
         if srv.cut:
             body, srv.cut = body[:srv.cut], 0
+            if srv.then:
+                srv.payload, srv.etag = srv.then
         self.wfile.write(body)
 
     def log_message(self, *args):
         pass
 
 
-def test_download_resumes_with_range_and_verifies(tmp_path, monkeypatch):
-    shard = synthetic_logos.write(tmp_path / "src.parquet", 30)
-    payload = shard.read_bytes()
-    server = RangeServer(payload, cut=len(payload) // 2)
+def serve_and_fetch(tmp_path: Path, monkeypatch, server: RangeServer, sha256: str) -> Path:
+    """fetch.main() of the server's shard in a new repo; the repo."""
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         url = f"http://127.0.0.1:{server.server_address[1]}/data/train-00000-of-00001.parquet"
         monkeypatch.setattr("iconforge.dataset.archive.BACKOFF_S", 0.01)
         monkeypatch.setattr("iconforge.dataset.archive.CHUNK", 1024)  # what arrived before the cut is kept
         repo = tmp_path / "repo"
-        write_params(repo, [url], fetch={"shards_sha256": [hashlib.sha256(payload).hexdigest()]})
+        write_params(repo, [url], fetch={"shards_sha256": [sha256]})
         monkeypatch.chdir(repo)
         fetch.main()
     finally:
         server.shutdown()
         server.server_close()
+    return repo
+
+
+def test_download_resumes_with_range_and_verifies(tmp_path, monkeypatch):
+    shard = synthetic_logos.write(tmp_path / "src.parquet", 30)
+    payload = shard.read_bytes()
+    server = RangeServer(payload, cut=len(payload) // 2)
+    repo = serve_and_fetch(tmp_path, monkeypatch, server, hashlib.sha256(payload).hexdigest())
     assert len(server.ranges) == 2 and 0 < server.ranges[1] <= len(payload) // 2  # the retry asked for the rest
     rows = read(repo / "data/manifest.csv")
     assert len(rows) == 30 and rows[0]["path"] == "train-00000-of-00001/0000000.img"
     assert json.loads((repo / "data/source.json").read_text())["shards"][0]["sha256"] == hashlib.sha256(
         payload).hexdigest()
+    assert [p.name for p in (repo / paths.SHARD_CACHE).iterdir() if ".part" in p.name] == []
+
+
+def test_a_file_changed_between_attempts_is_fetched_whole_not_spliced(tmp_path, monkeypatch):
+    old = synthetic_logos.write(tmp_path / "old.parquet", 30, seed=1).read_bytes()
+    new = synthetic_logos.write(tmp_path / "new.parquet", 40, seed=2).read_bytes()
+    server = RangeServer(old, cut=len(old) // 2, then=(new, '"v2"'))
+    repo = serve_and_fetch(tmp_path, monkeypatch, server, hashlib.sha256(new).hexdigest())
+    assert len(server.ranges) == 2 and server.ranges[1] == 0  # asked for the rest of v1, got all of v2
+    assert len(read(repo / "data/manifest.csv")) == 40
 
 
 def test_unreachable_hub_fails_with_a_clear_message(tmp_path, monkeypatch):
@@ -222,6 +245,12 @@ def _keyed(mode: str, key) -> bytes:
     return encode(im, transparency=key)
 
 
+def _keyed16() -> bytes:
+    """A 16-bit grey PNG: the mark on a background of 32896 (128 x 257), which its tRNS makes transparent."""
+    a = np.asarray(_mark("L"))
+    return encode(Image.fromarray(np.where(a == 0, 0, 32896).astype(np.uint16)), transparency=32896)
+
+
 def _rotated() -> bytes:
     """A JPEG stored sideways whose EXIF Orientation (6: rotate 90 degrees clockwise) makes it the upright mark."""
     exif = Image.Exif()
@@ -234,7 +263,7 @@ GOOD_IMAGES = {  # row text name -> image bytes that must render to the mark on 
     "greyalpha": encode(_mark("LA")), "rgba": encode(_mark("RGBA")), "cmyk": encode(_mark("CMYK"), "JPEG"),
     "sixteen": encode(_mark("I;16")), "animated": _gif(), "webp": encode(_mark("RGB"), "WEBP", lossless=True),
     "jpeg": encode(_mark("RGB"), "JPEG", quality=95), "greykey": _keyed("L", 128),
-    "rgbkey": _keyed("RGB", (128, 128, 128)), "rotated": _rotated(),
+    "rgbkey": _keyed("RGB", (128, 128, 128)), "sixteenkey": _keyed16(), "rotated": _rotated(),
 }
 BOMB = encode(Image.new("1", (6000, 6000), 1))  # 36 Mpx in a few kB
 

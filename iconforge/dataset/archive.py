@@ -57,6 +57,17 @@ def locate(source: str, workdir: Path, timeout_s: float, retries: int, *, name: 
     return path
 
 
+def _write_version(path: Path, headers) -> None:
+    """What names this version of the file for If-Range: a strong ETag, else Last-Modified (a weak
+    ETag may not be used); nothing when the server gives neither, so the download cannot resume."""
+    etag = headers.get("ETag", "")
+    tag = etag if etag and not etag.startswith("W/") else headers.get("Last-Modified", "")
+    if tag and tag.isprintable():
+        path.write_text(tag, encoding="utf-8")
+    else:
+        path.unlink(missing_ok=True)
+
+
 class _Incomplete(requests.RequestException):
     """The connection ended before Content-Length bytes arrived: retried, resuming."""
 
@@ -65,16 +76,21 @@ def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
     """Stream `url` into `dest`, retrying transient failures with exponential backoff.
 
     Bytes land in `dest`.part first; a retry, or a later run while that file is kept, asks
-    for the rest only (HTTP Range) and appends when the server answers 206. `dest` appears
-    only once the whole body has arrived.
+    for the rest only (HTTP Range) and appends when the server answers 206. The rest is asked
+    for only of the same version of the file (If-Range with the ETag or Last-Modified the first
+    answer gave, kept in `dest`.part.version): a file changed on the server since comes whole
+    (200), never spliced onto the old one's start; without a version to name, no resume.
+    `dest` appears only once the whole body has arrived.
     """
     part = dest.with_name(dest.name + ".part")
+    version = dest.with_name(dest.name + ".part.version")
     dest.parent.mkdir(parents=True, exist_ok=True)
     for attempt in range(retries + 1):
-        have = part.stat().st_size if part.exists() else 0
+        tag = version.read_text(encoding="utf-8") if version.exists() and part.exists() else ""
+        have = part.stat().st_size if tag else 0
         try:
             # identity: a Range offset counts the bytes on the wire, which must be the file's own
-            headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-"} if have else {})
+            headers = {"Accept-Encoding": "identity"} | ({"Range": f"bytes={have}-", "If-Range": tag} if have else {})
             with requests.get(url, stream=True, timeout=timeout_s, headers=headers) as r:
                 if r.status_code == 416:  # our partial file is no prefix of theirs: start over
                     part.unlink()
@@ -82,6 +98,8 @@ def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
                 r.raise_for_status()
                 resumed = r.status_code == 206
                 have = have if resumed else 0
+                if not resumed:
+                    _write_version(version, r.headers)
                 declared = r.headers.get("Content-Length", "")
                 length = int(declared) if declared.isdigit() else None  # junk ("5, 5"): no progress total
                 total = length and length + have
@@ -94,6 +112,7 @@ def download(url: str, dest: Path, timeout_s: float, retries: int) -> Path:
                 if total and got < total:
                     raise _Incomplete(f"connection closed at {got} of {total} bytes")
             os.replace(part, dest)
+            version.unlink(missing_ok=True)
             return dest
         except requests.RequestException as e:
             status = e.response.status_code if e.response is not None else None

@@ -17,7 +17,7 @@ import PIL
 from PIL import Image, ImageOps
 
 # Bump when decode/normalise change their output: it is part of the cache key.
-NORMALISER_VERSION = f"2, pillow {PIL.__version__}"
+NORMALISER_VERSION = f"3, pillow {PIL.__version__}"
 WHITE = (255, 255, 255)  # every image, icon or logo, ends on white (iconforge.dataset.svg uses these too)
 # zlib level 1: ~2x faster than Pillow's default 6 for ~15% bigger PNGs.
 PNG_COMPRESS_LEVEL = 1
@@ -71,7 +71,9 @@ def on_white(im: Image.Image) -> Image.Image:
     if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):  # high bit depth: scale, never clip to white
         a = np.asarray(im, dtype=np.float64)
         scale = 257.0 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 1.0
-        im = Image.fromarray(np.clip(a / scale, 0, 255).astype(np.uint8), "L")
+        grey = np.clip(a / scale, 0, 255).astype(np.uint8)
+        key = im.info.get("transparency")  # a 16-bit grey PNG's tRNS: pixels of exactly that value
+        im = Image.fromarray(np.where(a == key, 255, grey).astype(np.uint8) if isinstance(key, int) else grey, "L")
     # A palette, grey or RGB image may name one transparent colour (PNG's tRNS, GIF's): on white too.
     keyed = im.mode in ("P", "1", "L", "RGB") and "transparency" in im.info
     if keyed or im.mode in ("LA", "PA", "RGBA", "La", "RGBa"):
