@@ -14,9 +14,9 @@ from iconforge.tables import require
 
 def main() -> None:
     train_cfg = load(TrainConfig)
-    require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT, paths.BASE_INFO)
     from iconforge.tracking import check_reachable, tracking_uri
     check_reachable(tracking_uri())  # a tracking server that is down: one line now, not after the setup
+    require(paths.TRAIN_SPLIT, paths.VALIDATION_SPLIT)
     # Imported only now, so a params typo or a missing input is reported at once, not after ~10 s of
     # torch/diffusers imports.
     from iconforge.flux.models import read_base
