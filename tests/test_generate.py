@@ -6,6 +6,7 @@ import json
 import shutil
 import subprocess
 import sys
+from typing import Iterator
 
 import pytest
 from safetensors.torch import load_file, save_file
@@ -23,9 +24,11 @@ pytestmark = pytest.mark.xdist_group("generate")  # one worker loads the module'
 
 
 @pytest.fixture(scope="module")
-def generator(icon_project) -> Generator:  # noqa: F811
+def generator(icon_project) -> Iterator[Generator]:  # noqa: F811
     with open_source(None, icon_project) as source:
-        return Generator(source)
+        gen = Generator(source)
+    yield gen
+    gen.close()
 
 
 def test_each_image_redraws_alone_from_its_seed(generator):

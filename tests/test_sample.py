@@ -16,7 +16,7 @@ from iconforge.flux.lora_io import add_lora, save_adapter
 from iconforge.flux.models import load_pipeline, resolve_base
 from iconforge.dataset.imagefolder import read_metadata
 from iconforge.evaluate.sampling import build_prompts, evenly_spaced
-from iconforge.evaluate.trace import count_paths, trace_svg
+from iconforge.evaluate.trace import Tracer, count_paths, png_bytes, trace_svg
 from iconforge.paths import ADAPTER_FILE, KOHYA_FILE
 from iconforge.tracking import start_run, write_run_json
 
@@ -118,6 +118,23 @@ def test_trace_gives_valid_svg_with_coloured_paths():
     assert count_paths(svg) >= 3  # background, disc, bar
     assert "#C81E1E" in svg.upper()
     assert trace_svg(draw_icon(0, 128).convert("RGB")) == svg
+
+
+def test_the_tracer_process_gives_trace_svgs_bytes_and_replaces_a_dead_child(tmp_path, monkeypatch):
+    """The generator traces in a child process (vtracer holds the GIL): same SVG, found from any cwd."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PYTHONPATH", raising=False)
+    img = draw_icon(0, 128).convert("RGB")
+    tracer = Tracer()
+    try:
+        assert tracer(png_bytes(img)) == trace_svg(img)
+        first = tracer._proc
+        first.kill()
+        first.wait()
+        assert tracer(png_bytes(img)) == trace_svg(img) and tracer._proc.pid != first.pid
+    finally:
+        tracer.close()
+    assert tracer._proc is None and first.returncode is not None
 
 
 def test_sample_stage_end_to_end(project):

@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"generate: {e}")
     settings = gen.settings(req)
     images = gen.generate(settings, progress=lambda done, total: print(f"\rstep {done}/{total}", end="", file=sys.stderr))
+    gen.close()
     print(file=sys.stderr)
     for img in images:
         write_bytes(args.out / f"seed-{img.seed}.png", img.png)

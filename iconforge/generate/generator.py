@@ -17,7 +17,7 @@ from typing import Callable
 import torch
 
 from iconforge.evaluate.sampling import LORA_ADAPTER, pick_device, with_trigger
-from iconforge.evaluate.trace import png_bytes, trace_svg
+from iconforge.evaluate.trace import Tracer, png_bytes
 from iconforge.flux.models import load_pipeline
 from iconforge.generate.request import MAX_IMAGES, MAX_SEED, GenerateRequest
 from iconforge.generate.source import ModelSource
@@ -64,6 +64,11 @@ class Generator:
         self.pipe = load_pipeline(source.base_dir, self.device, self.dtype)
         self.pipe.load_lora_weights(str(source.lora_file), adapter_name=LORA_ADAPTER)
         self.pipe.set_progress_bar_config(disable=True)
+        self.tracer = Tracer()  # not in this process: a server's other threads keep running while it traces
+
+    def close(self) -> None:
+        """Ends the tracer's process (it also ends with this one)."""
+        self.tracer.close()
 
     def settings(self, req: GenerateRequest) -> Settings:
         d = self.source.defaults
@@ -103,6 +108,6 @@ class Generator:
             out = self.pipe(prompt_embeds=embeds, pooled_prompt_embeds=pooled, height=s.size, width=s.size,
                             num_inference_steps=s.steps, guidance_scale=s.guidance,
                             generator=torch.Generator("cpu").manual_seed(seed), callback_on_step_end=on_step)
-            img = out.images[0]
-            images.append(GeneratedImage(seed=seed, png=png_bytes(img), svg=trace_svg(img)))
+            png = png_bytes(out.images[0].convert("RGB"))
+            images.append(GeneratedImage(seed=seed, png=png, svg=self.tracer(png)))
         return images

@@ -95,6 +95,8 @@ class JobService:
                 job.cancel.set()
             self._lock.notify_all()
         self._worker.join(timeout=30)
+        if not self._worker.is_alive():  # the tracer's only user is done with it
+            self.generator.close()
 
     # --- requests -------------------------------------------------------------------------
     def submit(self, req: GenerateRequest, client: str) -> tuple[Job, int]:
