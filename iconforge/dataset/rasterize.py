@@ -149,10 +149,10 @@ def _render_files(files: list[str], keys: list[str], cache_dir: str, size: int, 
                   max_memory_mb: int) -> list[Outcome]:
     """Runs in a worker process: renders each file into the cache under its key (the main process
     links it from there), so PNG bytes are neither piped back nor written twice."""
-    out = []
+    root, out = Path(cache_dir), []
     for file, key in zip(files, keys):
         outcome = _render_file(file, size, margin, renderer, max_memory_mb)
-        put_entry(Path(cache_dir), key, outcome)
+        put_entry(root, key, outcome)
         out.append(outcome.stored())
     return out
 
